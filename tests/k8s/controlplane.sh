@@ -15,6 +15,8 @@
 #   CP_ETCD_PORT, CP_ETCD_PEER_PORT, CP_APISERVER_PORT  fixed ports (default: free ones)
 #   CP_OWNER_PID             when set, a watchdog stops the control plane once this
 #                            process is gone (so a crashed test leaves nothing behind)
+#   CP_PURGE=1               `down` (also the watchdog's) removes DIR afterwards
+#   CP_READY_TIMEOUT         seconds to wait for /readyz (default 180)
 set -euo pipefail
 
 TOOLS=${DHCPMANAGER_TOOLS:-$HOME/.cache/dhcpmanager/tools}
@@ -26,7 +28,7 @@ READY_TIMEOUT=${CP_READY_TIMEOUT:-180}
 log() { printf '[controlplane] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-usage() { sed -n '9,19p' "$0" >&2; exit 2; }
+usage() { sed -n '9,21p' "$0" >&2; exit 2; }
 [[ $# == 2 ]] || usage
 CMD=$1
 mkdir -p "$2"
@@ -220,6 +222,8 @@ case $CMD in
     stop_one kube-apiserver
     stop_one etcd
     rm -f "$DIR/watchdog.pid"
+    # tokens.csv marks a directory this script populated: never purge anything else.
+    if [[ ${CP_PURGE:-0} == 1 && -f $DIR/tokens.csv ]]; then rm -rf "$DIR"; fi
     ;;
   env) print_env ;;
   *) usage ;;
