@@ -1,0 +1,32 @@
+use thiserror::Error;
+
+/// Everything that can go wrong turning user-supplied MAC addresses and ranges into MACs.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Error {
+    #[error(
+        "invalid MAC address {0:?}: expected six hex octets separated by ':' (aa:bb:cc:dd:ee:ff)"
+    )]
+    InvalidMac(String),
+
+    #[error(
+        "MAC range starting at {start} must be unicast (multicast bit clear in the first octet)"
+    )]
+    MulticastRangeStart { start: String },
+
+    #[error(
+        "MAC range starting at {start} must be locally administered (bit 0x02 set in the first octet)"
+    )]
+    GloballyAdministeredRangeStart { start: String },
+
+    #[error("MAC range starting at {start} has count {count}; it must be between 1 and {max}")]
+    InvalidRangeCount { start: String, count: u32, max: u32 },
+
+    #[error(
+        "MAC range starting at {start} with count {count} leaves the first three octets; \
+         keep a range inside one 24-bit block"
+    )]
+    RangeCrossesPrefix { start: String, count: u32 },
+
+    #[error("MAC pool expands to more than {max} addresses")]
+    PoolTooLarge { max: usize },
+}
