@@ -1,0 +1,20 @@
+//! dhcpmanager-apiserver: the original dhcpmanager's `/v1` REST API over a pluggable [`Backend`],
+//! mirrored into etcd in the original's key layout.
+
+pub mod auth;
+pub mod backend;
+pub mod config;
+pub mod double_slash;
+pub mod error;
+pub mod mac;
+pub mod metrics;
+pub mod openapi;
+pub mod original_json;
+pub mod routes;
+pub mod server;
+pub mod wire;
+
+pub use backend::{Backend, BackendError};
+pub use config::Config;
+pub use error::Error;
+pub use mac::MacAddr;
