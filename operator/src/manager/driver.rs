@@ -1,0 +1,243 @@
+//! The task that runs one address: it feeds the pure [`Client`] with replies, timeouts and probe
+//! results, and carries out what the client asks for (send, probe, persist, report). This is the
+//! only place where the state machine meets sockets, links and the clock.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use super::PersistFn;
+use super::counters::Counters;
+use super::rate_limit::RateLimiter;
+use super::spec::{AddressStatus, KeyedEvent};
+use crate::dhcp::{
+    Action, Client, ClientEvent, L2Dest, LeaseRecord, MacAddr, ReplyMeta, State, Transmission,
+};
+use crate::net::arp::{self, ProbeTiming};
+use crate::net::links::Links;
+use crate::net::packet_socket::DhcpSocket;
+
+/// What the manager may ask of a running address.
+#[derive(Debug)]
+pub(super) enum Command {
+    /// Send DHCPRELEASE (if a lease is held) and stop.
+    Release(oneshot::Sender<()>),
+    /// Stop without telling the server: the lease stays valid for whoever resumes it.
+    Stop(oneshot::Sender<()>),
+}
+
+/// Everything one address's task owns.
+pub(super) struct Driver {
+    pub key: String,
+    pub client: Client,
+    pub socket: DhcpSocket,
+    pub ifindex: u32,
+    pub links: Links,
+    pub limiter: Arc<RateLimiter>,
+    pub persist: PersistFn,
+    pub events: broadcast::Sender<KeyedEvent>,
+    pub status: watch::Sender<AddressStatus>,
+    pub commands: mpsc::Receiver<Command>,
+    pub counters: Arc<Counters>,
+    pub probe_timing: ProbeTiming,
+    /// Whether the leased IP is configured on the link.
+    pub assign_ip: bool,
+    /// The address currently configured on the link (only when the IP is assigned).
+    pub assigned: Option<(std::net::Ipv4Addr, u8)>,
+}
+
+impl Driver {
+    pub async fn run(mut self) {
+        let actions = self.client.start(Utc::now());
+        self.execute(actions).await;
+        loop {
+            let wake = sleep_until(self.client.deadline());
+            tokio::select! {
+                biased;
+                command = self.commands.recv() => {
+                    match command {
+                        Some(Command::Release(done)) => {
+                            let actions = self.client.release(Utc::now());
+                            self.execute(actions).await;
+                            self.finish();
+                            let _ = done.send(());
+                        }
+                        Some(Command::Stop(done)) => {
+                            self.finish();
+                            let _ = done.send(());
+                        }
+                        None => self.finish(),
+                    }
+                    return;
+                }
+                received = self.socket.recv() => match received {
+                    Ok(frame) => {
+                        Counters::bump(&self.counters.packets_received);
+                        let meta = ReplyMeta {
+                            src_mac: MacAddr(frame.src_mac),
+                            src_ip: frame.src_ip,
+                        };
+                        let actions = self.client.on_reply(Utc::now(), &frame.payload, meta);
+                        self.execute(actions).await;
+                    }
+                    Err(error) => {
+                        // A receive error on a packet socket means the link went away or the
+                        // kernel is out of buffers; the client's own timers retry, so wait a
+                        // little instead of spinning.
+                        warn!(key = %self.key, %error, "receive failed");
+                        self.set_error(format!("receive failed: {error}"));
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+                () = wake => {
+                    let actions = self.client.on_timeout(Utc::now());
+                    self.execute(actions).await;
+                }
+            }
+        }
+    }
+
+    /// Carries out the client's actions; a probe result feeds more actions back in.
+    async fn execute(&mut self, actions: Vec<Action>) {
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Send(transmission) => {
+                    self.limiter.acquire().await;
+                    match transmit(&self.socket, &transmission) {
+                        Ok(()) => Counters::bump(&self.counters.packets_sent),
+                        Err(error) => {
+                            Counters::bump(&self.counters.send_errors);
+                            warn!(key = %self.key, %error, kind = ?transmission.kind, "send failed");
+                            self.set_error(format!(
+                                "sending {:?} failed: {error}",
+                                transmission.kind
+                            ));
+                        }
+                    }
+                }
+                Action::Probe(ip) => {
+                    let conflict = arp::probe(
+                        self.ifindex,
+                        self.socket.mac(),
+                        ip,
+                        self.probe_timing.clone(),
+                    )
+                    .await
+                    .unwrap_or_else(|error| {
+                        // A probe that cannot run must not block the lease: RFC 5227 probing
+                        // is a SHOULD. Report it and carry on as if no conflict was seen.
+                        warn!(key = %self.key, %error, "ARP probe failed");
+                        false
+                    });
+                    queue.extend(self.client.on_probe_result(Utc::now(), conflict));
+                }
+                Action::Persist(record) => {
+                    self.sync_assigned_ip(Some(&record)).await;
+                    (self.persist)(&self.key, Some(&record));
+                }
+                Action::ClearRecord => {
+                    self.sync_assigned_ip(None).await;
+                    (self.persist)(&self.key, None);
+                }
+                Action::Event(event) => {
+                    self.log_event(&event);
+                    if matches!(event, ClientEvent::Rejected { .. }) {
+                        Counters::bump(&self.counters.replies_rejected);
+                    }
+                    let _ = self.events.send(KeyedEvent {
+                        key: self.key.clone(),
+                        event,
+                    });
+                }
+            }
+        }
+        self.publish();
+    }
+
+    /// Keeps the link's configured address equal to the held lease (assign mode only).
+    async fn sync_assigned_ip(&mut self, record: Option<&LeaseRecord>) {
+        if !self.assign_ip {
+            return;
+        }
+        let wanted = record.map(|r| (r.ip, r.prefix_len));
+        if wanted == self.assigned {
+            return;
+        }
+        if let Some((ip, prefix)) = self.assigned.take()
+            && let Err(error) = self.links.remove_ip(self.ifindex, ip, prefix).await
+        {
+            warn!(key = %self.key, %error, "removing the old address failed");
+        }
+        if let Some((ip, prefix)) = wanted {
+            match self.links.assign_ip(self.ifindex, ip, prefix).await {
+                Ok(()) => self.assigned = Some((ip, prefix)),
+                Err(error) => self.set_error(format!("assigning {ip}/{prefix} failed: {error}")),
+            }
+        }
+    }
+
+    fn log_event(&self, event: &ClientEvent) {
+        match event {
+            ClientEvent::Rejected { .. } | ClientEvent::StateChanged { .. } => {
+                debug!(key = %self.key, ?event, "dhcp")
+            }
+            _ => info!(key = %self.key, ?event, "dhcp"),
+        }
+    }
+
+    fn set_error(&mut self, message: String) {
+        self.status
+            .send_modify(|status| status.last_error = Some(message));
+    }
+
+    fn publish(&mut self) {
+        let state = self.client.state();
+        let record = self.client.record().cloned();
+        self.status.send_if_modified(|status| {
+            let changed = status.state != state || status.record != record;
+            if changed {
+                status.state = state;
+                status.record = record;
+                if matches!(state, State::Bound) {
+                    status.last_error = None;
+                }
+            }
+            changed
+        });
+    }
+
+    fn finish(&mut self) {
+        self.publish();
+        self.status.send_modify(|status| status.finished = true);
+    }
+}
+
+/// Puts one transmission of the client on the wire.
+pub(super) fn transmit(socket: &DhcpSocket, transmission: &Transmission) -> std::io::Result<()> {
+    let l2 = match transmission.l2_dest {
+        L2Dest::Broadcast => None,
+        L2Dest::Unicast(mac) => Some(mac.octets()),
+    };
+    socket.send(
+        l2,
+        transmission.src_ip,
+        transmission.dst_ip,
+        &transmission.payload,
+    )
+}
+
+/// Sleeps until a wall-clock deadline; forever when there is none.
+async fn sleep_until(deadline: Option<DateTime<Utc>>) {
+    match deadline {
+        Some(at) => {
+            let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+            tokio::time::sleep(wait).await
+        }
+        None => std::future::pending().await,
+    }
+}

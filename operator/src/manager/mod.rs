@@ -1,0 +1,365 @@
+//! The lease manager: many addresses at once, each a [`driver`] task with its own macvlan and
+//! packet socket, sharing one rate limiter toward the DHCP server and one persistence callback.
+//!
+//! The manager never decides *which* addresses should exist: its callers (the Kubernetes agent,
+//! the standalone apiserver, the `lease` command) do, and hand every lease-record change to the
+//! persistence callback so that a restart resumes from it.
+
+mod counters;
+mod driver;
+mod rate_limit;
+mod spec;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+pub use counters::{CounterSnapshot, Counters};
+pub use rate_limit::{RateLimiter, TokenBucket};
+pub use spec::{AddressSpec, AddressStatus, KeyedEvent};
+
+use crate::dhcp::{Client, LeaseRecord, State};
+use crate::error::Error;
+use crate::net::arp::ProbeTiming;
+use crate::net::links::{self, Links};
+use crate::net::packet_socket::DhcpSocket;
+use driver::{Command, Driver};
+
+/// Called with every change of an address's lease record (`None`: the lease is gone). It runs
+/// on the address's task: keep it quick (hand off to a channel for slow storage).
+pub type PersistFn = Arc<dyn Fn(&str, Option<&LeaseRecord>) + Send + Sync>;
+
+/// Settings shared by all addresses of one manager.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Link group of our macvlans (bulk delete, adoption).
+    pub link_group: u32,
+    /// New transmissions per second toward the DHCP server, all addresses together.
+    pub rate_per_second: f64,
+    /// How many transmissions may go out at once before the rate applies.
+    pub burst: u32,
+    /// RFC 5227 probe timing (used when a client has ARP probing on).
+    pub probe_timing: ProbeTiming,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        ManagerConfig {
+            link_group: links::DEFAULT_LINK_GROUP,
+            rate_per_second: 500.0,
+            burst: 100,
+            probe_timing: ProbeTiming::RFC5227,
+        }
+    }
+}
+
+struct Running {
+    commands: mpsc::Sender<Command>,
+    status: watch::Receiver<AddressStatus>,
+    task: JoinHandle<()>,
+    ifindex: u32,
+}
+
+/// Holds leases for many addresses. Cheap to clone; all clones share the same addresses.
+#[derive(Clone)]
+pub struct LeaseManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ManagerConfig,
+    links: Links,
+    limiter: Arc<RateLimiter>,
+    persist: PersistFn,
+    events: broadcast::Sender<KeyedEvent>,
+    counters: Arc<Counters>,
+    running: Mutex<HashMap<String, Running>>,
+}
+
+impl LeaseManager {
+    /// A manager working in the calling thread's network namespace, on the current runtime.
+    pub fn new(config: ManagerConfig, persist: PersistFn) -> Result<Self, Error> {
+        let links = Links::connect()?;
+        let (events, _) = broadcast::channel(4096);
+        Ok(LeaseManager {
+            inner: Arc::new(Inner {
+                limiter: Arc::new(RateLimiter::new(config.rate_per_second, config.burst)),
+                config,
+                links,
+                persist,
+                events,
+                counters: Arc::new(Counters::default()),
+                running: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn links(&self) -> &Links {
+        &self.inner.links
+    }
+
+    /// Every client event of every address, as it happens.
+    pub fn subscribe(&self) -> broadcast::Receiver<KeyedEvent> {
+        self.inner.events.subscribe()
+    }
+
+    pub fn counters(&self) -> CounterSnapshot {
+        self.inner.counters.snapshot()
+    }
+
+    /// Starts holding `spec`. With a `record` that is still valid and has the same MAC the client
+    /// resumes it (INIT-REBOOT for the same IP, never a DISCOVER); otherwise it starts in INIT.
+    /// Starting a key that is already running returns its status.
+    pub async fn start(
+        &self,
+        spec: AddressSpec,
+        record: Option<LeaseRecord>,
+    ) -> Result<watch::Receiver<AddressStatus>, Error> {
+        if let Some(running) = self.lock().get(&spec.key) {
+            return Ok(running.status.clone());
+        }
+        let name = links::link_name(&spec.key);
+        let mac = spec.client.mac;
+        let ifindex = self
+            .inner
+            .links
+            .create_macvlan(
+                &spec.parent,
+                &name,
+                mac.octets(),
+                self.inner.config.link_group,
+                &links::link_alias(&spec.key),
+            )
+            .await?;
+        let socket = match DhcpSocket::open(ifindex, mac.octets()) {
+            Ok(socket) => socket,
+            Err(error) => {
+                // Leave nothing behind for an address we could not start.
+                let _ = self.inner.links.delete(ifindex).await;
+                return Err(Error::Socket {
+                    interface: name,
+                    source: error,
+                });
+            }
+        };
+        let now = Utc::now();
+        let seed = rand::random::<u64>();
+        let assign_ip = spec.client.ip_assigned;
+        let resumable = record.filter(|r| r.mac == mac && r.is_valid_at(now));
+        let mut assigned = None;
+        if let (true, Some(record)) = (assign_ip, &resumable) {
+            // Keep the address on the link across the restart: it is still ours.
+            match self
+                .inner
+                .links
+                .assign_ip(ifindex, record.ip, record.prefix_len)
+                .await
+            {
+                Ok(()) => assigned = Some((record.ip, record.prefix_len)),
+                Err(error) => {
+                    warn!(key = %spec.key, %error, "re-assigning the resumed address failed")
+                }
+            }
+        }
+        let client = match resumable {
+            Some(record) => Client::resume(spec.client, record, now, seed),
+            None => Client::new(spec.client, seed),
+        };
+        let (status_tx, status_rx) = watch::channel(AddressStatus {
+            state: client.state(),
+            record: client.record().cloned(),
+            interface: name,
+            ifindex,
+            last_error: None,
+            finished: false,
+        });
+        let (commands_tx, commands_rx) = mpsc::channel(4);
+        let driver = Driver {
+            key: spec.key.clone(),
+            client,
+            socket,
+            ifindex,
+            links: self.inner.links.clone(),
+            limiter: self.inner.limiter.clone(),
+            persist: self.inner.persist.clone(),
+            events: self.inner.events.clone(),
+            status: status_tx,
+            commands: commands_rx,
+            counters: self.inner.counters.clone(),
+            probe_timing: self.inner.config.probe_timing.clone(),
+            assign_ip,
+            assigned,
+        };
+        let task = tokio::spawn(driver.run());
+        self.lock().insert(
+            spec.key,
+            Running {
+                commands: commands_tx,
+                status: status_rx.clone(),
+                task,
+                ifindex,
+            },
+        );
+        Ok(status_rx)
+    }
+
+    /// Sends DHCPRELEASE for the address (if it holds a lease), stops it and deletes its link.
+    pub async fn release(&self, key: &str) -> Result<(), Error> {
+        self.finish(key, true, true).await
+    }
+
+    /// Stops the address without telling the server (the lease stays valid for a successor);
+    /// `remove_link` deletes its macvlan too.
+    pub async fn stop(&self, key: &str, remove_link: bool) -> Result<(), Error> {
+        self.finish(key, false, remove_link).await
+    }
+
+    /// Stops every address without releasing and deletes all of our links in one request.
+    pub async fn stop_all(&self) -> Result<(), Error> {
+        let all: Vec<(String, Running)> = self.lock().drain().collect();
+        for (_, running) in &all {
+            let (done, wait) = oneshot::channel();
+            if running.commands.send(Command::Stop(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+        }
+        for (_, running) in all {
+            let _ = running.task.await;
+        }
+        self.inner
+            .links
+            .delete_group(self.inner.config.link_group)
+            .await?;
+        Ok(())
+    }
+
+    async fn finish(&self, key: &str, release: bool, remove_link: bool) -> Result<(), Error> {
+        let running = self
+            .lock()
+            .remove(key)
+            .ok_or_else(|| Error::UnknownAddress(key.to_owned()))?;
+        let (done, wait) = oneshot::channel();
+        let command = if release {
+            Command::Release(done)
+        } else {
+            Command::Stop(done)
+        };
+        if running.commands.send(command).await.is_ok() {
+            let _ = wait.await;
+        }
+        let _ = running.task.await;
+        if remove_link {
+            self.inner.links.delete(running.ifindex).await?;
+        }
+        Ok(())
+    }
+
+    /// Releases a lease recorded earlier (by a process that is gone) without resuming it: one
+    /// DHCPRELEASE from the recorded MAC and client id on a fresh link, then the link is removed.
+    /// An expired record is only cleaned up: the server has forgotten it already.
+    pub async fn release_recorded(
+        &self,
+        spec: AddressSpec,
+        record: LeaseRecord,
+    ) -> Result<(), Error> {
+        let name = links::link_name(&spec.key);
+        let ifindex = self
+            .inner
+            .links
+            .create_macvlan(
+                &spec.parent,
+                &name,
+                spec.client.mac.octets(),
+                self.inner.config.link_group,
+                &links::link_alias(&spec.key),
+            )
+            .await?;
+        let result = DhcpSocket::open(ifindex, spec.client.mac.octets()).map(|socket| {
+            let now = Utc::now();
+            let mut client = Client::resume(spec.client, record, now, rand::random());
+            for action in client.release(now) {
+                if let crate::dhcp::Action::Send(transmission) = action {
+                    driver::transmit(&socket, &transmission)?;
+                    Counters::bump(&self.inner.counters.packets_sent);
+                }
+            }
+            Ok::<(), std::io::Error>(())
+        });
+        self.inner.links.delete(ifindex).await?;
+        result
+            .and_then(|sent| sent)
+            .map_err(|source| Error::Socket {
+                interface: name,
+                source,
+            })
+    }
+
+    /// The current status of one address.
+    pub fn status(&self, key: &str) -> Option<AddressStatus> {
+        self.lock().get(key).map(|r| r.status.borrow().clone())
+    }
+
+    /// The keys of every running address.
+    pub fn keys(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Deletes our links (by link group) that belong to no running address and whose identity
+    /// `keep` does not claim: the leftovers of a crash or of addresses deleted meanwhile.
+    pub async fn remove_orphan_links(&self, keep: impl Fn(&str) -> bool) -> Result<usize, Error> {
+        let ours = self
+            .inner
+            .links
+            .list_ours(self.inner.config.link_group)
+            .await?;
+        let mut removed = 0;
+        for link in ours {
+            let identity = link.alias.as_deref().and_then(links::identity_from_alias);
+            let wanted = identity.is_some_and(|id| self.lock().contains_key(id) || keep(id));
+            if !wanted {
+                info!(link = %link.name, ?identity, "removing orphaned link");
+                self.inner.links.delete(link.ifindex).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts and
+        // removes), so a poisoned lock is still usable.
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Waits until the address is Bound and returns its lease, or fails after `timeout`.
+pub async fn wait_bound(
+    status: &mut watch::Receiver<AddressStatus>,
+    timeout: Duration,
+) -> Result<LeaseRecord, Error> {
+    let bound =
+        |s: &AddressStatus| s.finished || (matches!(s.state, State::Bound) && s.record.is_some());
+    let outcome = tokio::time::timeout(timeout, status.wait_for(bound))
+        .await
+        .map(|seen| seen.map(|s| (s.finished, s.record.clone())));
+    match outcome {
+        Ok(Ok((false, Some(record)))) => Ok(record),
+        Ok(_) => Err(Error::Stopped),
+        Err(_) => {
+            let status = status.borrow();
+            Err(Error::NoLease {
+                waited: timeout,
+                state: status.state,
+                last_error: status.last_error.clone(),
+            })
+        }
+    }
+}
