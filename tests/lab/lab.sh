@@ -237,13 +237,17 @@ macvlan() {
   ip -n "$(ag_ns "$name")" link set "$ifname" up
 }
 
+MARKER_PORT=9 # discard: the marker datagram that tells capture-stop the file has caught up
+
 capture_start() {
   local name=$1 iface=$2 file=$3 d
   d=$(dir_of "$name")
   [ -f "$d/capture.pid" ] && die "a capture already runs in lab $name"
-  # -Z root: Debian's tcpdump drops to user tcpdump, which may not write FILE's directory
-  ip netns exec "$(ag_ns "$name")" tcpdump -U -n -Z root -i "$iface" -w "$file" 'udp port 67 or udp port 68' \
-    >"$d/capture.log" 2>&1 </dev/null &
+  echo "$iface $file" >"$d/capture.what"
+  # -Z root: Debian's tcpdump drops to user tcpdump, which may not write FILE's directory.
+  # --immediate-mode: otherwise packets wait in the kernel ring up to 1 s and a stop loses them.
+  ip netns exec "$(ag_ns "$name")" tcpdump -U --immediate-mode -n -Z root -i "$iface" -w "$file" \
+    "udp port 67 or udp port 68 or udp port $MARKER_PORT" >"$d/capture.log" 2>&1 </dev/null &
   local pid=$!
   echo "$pid" >"$d/capture.pid"
   for _ in $(seq 1 100); do
@@ -254,7 +258,25 @@ capture_start() {
   kill_pidfile "$d/capture.pid"; die "tcpdump not listening within 10 s"
 }
 
-capture_stop() { kill_pidfile "$(dir_of "$1")/capture.pid"; }
+# tcpdump handles packets in order: once a marker sent after everything else is in the file,
+# so is everything before it, and killing tcpdump loses nothing.
+capture_stop() {
+  local name=$1 d iface file marker
+  d=$(dir_of "$name")
+  [ -f "$d/capture.pid" ] || return 0
+  read -r iface file <"$d/capture.what"
+  marker="dhcplab-flush-$$-$RANDOM"
+  if ip netns exec "$(ag_ns "$name")" python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, sys.argv[1].encode())
+s.sendto(sys.argv[2].encode(), ("255.255.255.255", int(sys.argv[3])))' "$iface" "$marker" "$MARKER_PORT" 2>>"$d/capture.log"; then
+    for _ in $(seq 1 50); do grep -aqF "$marker" "$file" 2>/dev/null && break; sleep 0.1; done
+  fi
+  kill_pidfile "$d/capture.pid"
+  rm -f "$d/capture.what"
+}
 
 main() {
   local sub=${1:-}; [ $# -ge 2 ] || usage
