@@ -127,8 +127,12 @@ spawn() { # name command...
 
 start_etcd() {
   [[ -n $(pid_of etcd) ]] && return 0
-  local port=${CP_ETCD_PORT:-$(free_port)} peer=${CP_ETCD_PEER_PORT:-$(free_port)}
+  # A restart reuses the recorded ports: etcd's data dir remembers its peer URL.
+  local port peer
+  port=${CP_ETCD_PORT:-$(cat "$DIR/etcd.port" 2>/dev/null || free_port)}
+  peer=${CP_ETCD_PEER_PORT:-$(cat "$DIR/etcd.peer-port" 2>/dev/null || free_port)}
   echo "$port" >"$DIR/etcd.port"
+  echo "$peer" >"$DIR/etcd.peer-port"
   log "starting etcd on 127.0.0.1:$port (log $DIR/etcd.log)"
   # --unsafe-no-fsync: test data is disposable and fsync dominates start-up on shared disks.
   spawn etcd "$BIN/etcd" --name controlplane --data-dir "$DIR/etcd-data" \
@@ -146,7 +150,8 @@ start_etcd() {
 
 start_apiserver() {
   [[ -n $(pid_of kube-apiserver) ]] && return 0
-  local port=${CP_APISERVER_PORT:-$(free_port)} i
+  local port i
+  port=${CP_APISERVER_PORT:-$(cat "$DIR/apiserver.port" 2>/dev/null || free_port)}
   echo "$port" >"$DIR/apiserver.port"
   log "starting kube-apiserver on https://127.0.0.1:$port (log $DIR/kube-apiserver.log)"
   # ServiceAccount admission is disabled because no controller creates the
