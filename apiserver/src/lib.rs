@@ -6,6 +6,7 @@ pub mod backend;
 pub mod config;
 pub mod double_slash;
 pub mod error;
+pub mod etcd_mirror;
 pub mod mac;
 pub mod metrics;
 pub mod openapi;

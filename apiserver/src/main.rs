@@ -1,1 +1,136 @@
-fn main() {}
+//! dhcpmanager-apiserver: serves the original's /v1 API over the Kubernetes or standalone backend.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use dhcpmanager_apiserver::config::{Config, Source};
+use dhcpmanager_apiserver::{Backend, Error, etcd_mirror, server};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "The original dhcpmanager /v1 REST API, served by dhcpmanager"
+)]
+struct Cli {
+    /// Configuration file (default /etc/dhcpmanager/dhcpmanager.toml; a missing default file means defaults)
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Run the lease manager in-process with an embedded store instead of Kubernetes
+    #[arg(long)]
+    standalone: bool,
+    #[arg(long)]
+    port: Option<u16>,
+    /// Address to listen on
+    #[arg(long)]
+    bind: Option<String>,
+    /// etcd endpoints, comma-separated (empty string: no etcd mirror)
+    #[arg(long)]
+    etcd: Option<String>,
+    /// How long POST /v1/ip waits for a bound lease, e.g. "10s"
+    #[arg(long)]
+    request_timeout: Option<String>,
+    /// Require this X-Auth-Token on every /v1 route (prefer DHCP_AUTH_TOKEN: flags show up in ps)
+    #[arg(long)]
+    auth_token: Option<String>,
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    #[arg(long)]
+    max_body_bytes: Option<usize>,
+    /// Log as JSON lines
+    #[arg(long)]
+    log_json: bool,
+}
+
+impl Cli {
+    /// Flags as raw per-key overrides, applied after the file and the environment.
+    fn overrides(&self) -> Vec<(&'static str, String)> {
+        let mut overrides = Vec::new();
+        let mut put = |key, value: Option<String>| {
+            if let Some(value) = value {
+                overrides.push((key, value));
+            }
+        };
+        put("standalone", self.standalone.then(|| "true".to_string()));
+        put("port", self.port.map(|p| p.to_string()));
+        put("bind", self.bind.clone());
+        put("etcd", self.etcd.clone());
+        put("request-timeout", self.request_timeout.clone());
+        put("auth-token", self.auth_token.clone());
+        put(
+            "state-dir",
+            self.state_dir.as_ref().map(|p| p.display().to_string()),
+        );
+        put("max-body-bytes", self.max_body_bytes.map(|n| n.to_string()));
+        overrides
+    }
+}
+
+/// The real backends (Kubernetes, standalone) plug in here as they are written; the in-memory test
+/// backend is deliberately not an option.
+fn backend_for(config: &Config) -> Result<Arc<dyn Backend>, Error> {
+    let mode = if config.standalone {
+        "standalone"
+    } else {
+        "kubernetes"
+    };
+    Err(Error::NoBackend(format!(
+        "the {mode} backend is not built into this binary yet; refusing to start"
+    )))
+}
+
+async fn run(cli: Cli) -> Result<(), Error> {
+    let source = match &cli.config {
+        Some(path) => Source::Explicit(path),
+        None => Source::Default,
+    };
+    let config = Config::load(source, std::env::vars(), &cli.overrides())?;
+    let backend = backend_for(&config)?;
+    let mirror = etcd_mirror::spawn(&config, backend.clone());
+    let (server, address) = server::bind(config, backend)?;
+    tracing::info!(%address, "serving /v1");
+    let handle = server.handle();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests in flight");
+        handle.stop(true).await;
+    });
+    server.await.map_err(Error::Serve)?;
+    if let Some(mirror) = mirror {
+        mirror.abort();
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if cli.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("dhcpmanager-apiserver: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

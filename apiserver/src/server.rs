@@ -59,6 +59,8 @@ pub fn bind(config: Config, backend: Arc<dyn Backend>) -> Result<(Server, Socket
     })
     // Long enough for a pending POST to reach its own timeout answer.
     .shutdown_timeout(config.request_timeout.as_secs() + 2)
+    // main decides what SIGTERM means (graceful stop); tests must not have their signals taken.
+    .disable_signals()
     .bind((config.bind, config.port))
     .map_err(Error::Serve)?;
     let address = *server
