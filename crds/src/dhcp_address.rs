@@ -15,6 +15,8 @@ pub const RESERVED_OPTION_CODES: [u8; 10] = [12, 50, 51, 52, 53, 54, 55, 57, 60,
 /// What the user wants: an address from the DHCP server, held for as long as this object exists.
 ///
 /// Every field is optional; an empty spec asks for an address named after the object.
+// Each printcolumn(...) repeats `type_ = ...`, which clippy mistakes for a duplicate attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "dhcpmanager.io",

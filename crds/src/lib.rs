@@ -18,7 +18,7 @@ pub use dhcp_address_status::{
     DhcpAddressStatus, LeaseRecordStatus, Phase, UnknownPhase, condition_type,
 };
 pub use error::Error;
-pub use generate::{CRD_YAML_PATH, crds, crds_yaml};
+pub use generate::{CRD_YAML_PATH, REGENERATE_COMMAND, crds, crds_yaml};
 pub use mac::MacAddr;
 pub use mac_pool::{MAX_POOL_SIZE, MacAllocation, MacPool, MacPoolSpec, MacPoolStatus, MacRange};
 

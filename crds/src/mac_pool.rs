@@ -13,6 +13,8 @@ use crate::{Error, patterns};
 pub const MAX_POOL_SIZE: u32 = 65536;
 
 /// A set of MACs for macvlans. Cluster-scoped: pools are shared by all namespaces.
+// Each printcolumn(...) repeats `type_ = ...`, which clippy mistakes for a duplicate attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "dhcpmanager.io",
