@@ -208,7 +208,7 @@ impl Client {
         match reply.kind {
             ReplyKind::Offer => self.take_offer(now, &reply, &mut actions),
             ReplyKind::Nak => self.on_nak(now, &reply, meta, &mut actions),
-            ReplyKind::Ack => self.on_ack(now, &reply, meta, &mut actions),
+            ReplyKind::Ack => self.on_ack(&reply, meta, &mut actions),
         }
         actions
     }
@@ -324,14 +324,7 @@ impl Client {
         self.deadline = Some(timing::after(now, delay));
     }
 
-    fn on_ack(
-        &mut self,
-        now: DateTime<Utc>,
-        reply: &Reply,
-        meta: ReplyMeta,
-        actions: &mut Vec<Action>,
-    ) {
-        let _ = now;
+    fn on_ack(&mut self, reply: &Reply, meta: ReplyMeta, actions: &mut Vec<Action>) {
         let record = self.record_from(reply, meta);
         if self.state == State::Requesting && self.cfg.arp_probe {
             let ip = record.ip;

@@ -1101,3 +1101,10 @@ fn random_bytes_never_panic_or_move_the_client() {
         assert!(rejected > 2000, "{state}: {rejected}");
     }
 }
+
+#[test]
+fn client_can_move_between_threads() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<Client>();
+    assert_send_sync::<Action>();
+}
