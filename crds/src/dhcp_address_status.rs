@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::patterns;
+use crate::{Error, patterns};
 
 /// Condition types the agent sets on a `DhcpAddress`.
 pub mod condition_type {
@@ -155,18 +155,14 @@ impl fmt::Display for Phase {
 }
 
 /// The phase names are part of the API; parsing is exact (case-sensitive).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown phase {0:?}")]
-pub struct UnknownPhase(pub String);
-
 impl FromStr for Phase {
-    type Err = UnknownPhase;
+    type Err = Error;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         Phase::ALL
             .into_iter()
             .find(|phase| phase.as_str() == text)
-            .ok_or_else(|| UnknownPhase(text.to_string()))
+            .ok_or_else(|| Error::UnknownPhase(text.to_string()))
     }
 }
 
@@ -229,7 +225,10 @@ mod tests {
         for phase in Phase::ALL {
             assert_eq!(phase.to_string().parse::<Phase>(), Ok(phase));
         }
-        assert_eq!("bound".parse::<Phase>(), Err(UnknownPhase("bound".into())));
+        assert_eq!(
+            "bound".parse::<Phase>(),
+            Err(Error::UnknownPhase("bound".into()))
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 use thiserror::Error;
 
-/// Everything that can go wrong turning user-supplied MAC addresses and ranges into MACs.
+/// Everything that can go wrong turning API strings into values: MACs, MAC ranges and pools,
+/// phase names.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum Error {
     #[error(
@@ -29,4 +30,7 @@ pub enum Error {
 
     #[error("MAC pool expands to more than {max} addresses")]
     PoolTooLarge { max: usize },
+
+    #[error("unknown phase {0:?}")]
+    UnknownPhase(String),
 }

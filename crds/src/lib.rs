@@ -14,9 +14,7 @@ pub use dhcp_address::{
     ClientIdMode, ClientIdSpec, DhcpAddress, DhcpAddressSpec, DhcpOptionSpec,
     RESERVED_OPTION_CODES, hostname_for_service,
 };
-pub use dhcp_address_status::{
-    DhcpAddressStatus, LeaseRecordStatus, Phase, UnknownPhase, condition_type,
-};
+pub use dhcp_address_status::{DhcpAddressStatus, LeaseRecordStatus, Phase, condition_type};
 pub use error::Error;
 pub use generate::{CRD_YAML_PATH, REGENERATE_COMMAND, crds, crds_yaml};
 pub use mac::MacAddr;
