@@ -17,6 +17,8 @@
 #   exec NAME CMD...                  run CMD in NAME-ag
 #   srv-exec NAME ADDR CMD...         run CMD in the namespace that holds server address ADDR
 #   path NAME                         print the lab's state directory
+#   gc                                take down labs of the Rust harness (named dl<PID>-<N>) whose
+#                                     test process is gone (killed tests run no destructors)
 # Nothing here touches the host's own interfaces: every link is created inside the lab namespaces.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -278,8 +280,23 @@ s.sendto(sys.argv[2].encode(), ("255.255.255.255", int(sys.argv[3])))' "$iface" 
   rm -f "$d/capture.what"
 }
 
+gc() {
+  local d name pid
+  for d in "$ROOT"/dl*-*; do
+    [ -f "$d/namespaces" ] || continue
+    name=${d##*/}
+    [[ $name =~ ^dl([0-9]+)-[0-9]+$ ]] || continue
+    pid=${BASH_REMATCH[1]}
+    alive "$pid" && continue
+    echo "lab.sh: taking down $name (process $pid is gone)" >&2
+    down "$name" || true
+  done
+}
+
 main() {
-  local sub=${1:-}; [ $# -ge 2 ] || usage
+  local sub=${1:-}
+  if [ "$sub" = gc ]; then gc; return; fi
+  [ $# -ge 2 ] || usage
   local name=$2; check_name "$name"; shift 2
   case $sub in
     up) up "$name" ;;

@@ -137,6 +137,25 @@ fn dhcpd_leases_to_udhcpc() {
 }
 
 #[test]
+fn a_panicking_test_still_takes_its_lab_down() {
+    let mut seen = None;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let lab = Lab::up().expect("lab up");
+        lab.start(Server::Kea, ServerOpts::default()).expect("kea");
+        let _capture = lab.capture(lab.parent()).expect("capture");
+        seen = Some((lab.name().to_string(), lab.pids()));
+        panic!("test failure inside the lab");
+    }));
+    assert!(outcome.is_err());
+    let (name, pids) = seen.expect("lab was up");
+    assert_eq!(pids.len(), 2, "kea and tcpdump");
+    assert!(!namespaces().contains(&format!("{name}-")));
+    for pid in pids {
+        assert!(!process_exists(pid), "pid {pid} still runs");
+    }
+}
+
+#[test]
 fn two_servers_on_two_addresses_both_offer() {
     let lab = Lab::up().expect("lab up");
     lab.add_macvlan("mv0", MAC_TEXT).expect("macvlan");
