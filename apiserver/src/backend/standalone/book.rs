@@ -1,0 +1,379 @@
+//! The standalone backend's in-memory truth: allocations by id and the MAC pool. Pure: every
+//! method is a decision over the two, the caller persists and notifies.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use chrono::Utc;
+use dhcpmanager_operator::dhcp::LeaseRecord;
+
+use crate::MacAddr;
+use crate::backend::{
+    Allocation, AllocationState, BackendError, InterfaceInfo, LeaseInfo, StatusSnapshot,
+    hostname_for_service, lease_cidr,
+};
+use crate::store::{Phase, StoredAllocation};
+
+/// Go's net.Flags of a macvlan that is up: up | broadcast | multicast (as the original stored).
+const LINK_UP_FLAGS: u32 = 1 | 2 | 16;
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub stored: StoredAllocation,
+    /// The link the manager runs it on, once started.
+    pub link: Option<(String, u32)>,
+}
+
+#[derive(Debug, Default)]
+pub struct Book {
+    allocations: BTreeMap<String, Entry>,
+    pool: BTreeSet<MacAddr>,
+}
+
+/// What a new lease record meant for its allocation.
+#[derive(Debug, PartialEq)]
+pub enum RecordChange {
+    /// No such allocation (already withdrawn): nothing to store.
+    Unknown,
+    Updated(StoredAllocation),
+    /// The server moved a handed-out allocation to another address.
+    IpChanged {
+        stored: StoredAllocation,
+        old: Ipv4Addr,
+        new: Ipv4Addr,
+    },
+}
+
+impl Book {
+    pub fn new(pool: BTreeSet<MacAddr>) -> Self {
+        Book {
+            allocations: BTreeMap::new(),
+            pool,
+        }
+    }
+
+    pub fn pool(&self) -> &BTreeSet<MacAddr> {
+        &self.pool
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Entry> {
+        self.allocations.get(id)
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.allocations.contains_key(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.allocations.len()
+    }
+
+    fn used_macs(&self) -> BTreeSet<MacAddr> {
+        self.allocations.values().map(|e| e.stored.mac).collect()
+    }
+
+    pub fn free_macs(&self) -> Vec<MacAddr> {
+        let used = self.used_macs();
+        self.pool.difference(&used).copied().collect()
+    }
+
+    /// Records a loaded allocation; its MAC joins the pool (a MAC in use is always a pool MAC).
+    pub fn insert(&mut self, stored: StoredAllocation) {
+        self.pool.insert(stored.mac);
+        self.allocations.insert(
+            stored.id.clone(),
+            Entry { stored, link: None },
+        );
+    }
+
+    /// Takes a free MAC for a new Pending allocation of `service`. Reserving the MAC and recording
+    /// the allocation happen in one step, so no MAC can serve two allocations.
+    pub fn begin(&mut self, id: String, service: &str) -> Result<StoredAllocation, BackendError> {
+        let mac = *self.free_macs().first().ok_or(BackendError::NoFreeMac)?;
+        let stored = StoredAllocation {
+            id,
+            service: service.to_string(),
+            hostname: hostname_for_service(service),
+            mac,
+            phase: Phase::Pending,
+            handed_out_ip: None,
+            record: None,
+            created_at: Utc::now(),
+        };
+        self.insert(stored.clone());
+        Ok(stored)
+    }
+
+    pub fn set_link(&mut self, id: &str, name: String, ifindex: u32) {
+        if let Some(entry) = self.allocations.get_mut(id) {
+            entry.link = Some((name, ifindex));
+        }
+    }
+
+    /// The pending allocation got its lease: it is handed out with the record's address.
+    pub fn confirm(&mut self, id: &str, record: LeaseRecord) -> Option<StoredAllocation> {
+        let entry = self.allocations.get_mut(id)?;
+        entry.stored.phase = Phase::Confirmed;
+        entry.stored.handed_out_ip = Some(record.ip);
+        entry.stored.record = Some(record);
+        Some(entry.stored.clone())
+    }
+
+    /// The allocation a DELETE of `ip` means: the address handed out or the one now leased.
+    /// Allocations being released are not found again.
+    pub fn find_by_ip(&self, ip: Ipv4Addr) -> Option<&Entry> {
+        self.allocations.values().find(|entry| {
+            let stored = &entry.stored;
+            stored.phase != Phase::Releasing
+                && (stored.handed_out_ip == Some(ip)
+                    || stored.record.as_ref().is_some_and(|r| r.ip == ip))
+        })
+    }
+
+    pub fn set_phase(&mut self, id: &str, phase: Phase) -> Option<StoredAllocation> {
+        let entry = self.allocations.get_mut(id)?;
+        entry.stored.phase = phase;
+        Some(entry.stored.clone())
+    }
+
+    /// Forgets the allocation; its MAC is free again.
+    pub fn remove(&mut self, id: &str) -> Option<Entry> {
+        self.allocations.remove(id)
+    }
+
+    pub fn apply_record(&mut self, id: &str, record: Option<LeaseRecord>) -> RecordChange {
+        let Some(entry) = self.allocations.get_mut(id) else {
+            return RecordChange::Unknown;
+        };
+        let stored = &mut entry.stored;
+        let moved = match (&stored.handed_out_ip, &record) {
+            (Some(old), Some(new)) if *old != new.ip => Some((*old, new.ip)),
+            _ => None,
+        };
+        stored.record = record;
+        match moved {
+            Some((old, new)) => {
+                // The client now holds `new`; the address it was given stays findable by DELETE.
+                RecordChange::IpChanged {
+                    stored: stored.clone(),
+                    old,
+                    new,
+                }
+            }
+            None => RecordChange::Updated(stored.clone()),
+        }
+    }
+
+    /// Adds MACs to the pool; true when the pool changed.
+    pub fn add_macs(&mut self, macs: &[MacAddr]) -> bool {
+        let before = self.pool.len();
+        self.pool.extend(macs.iter().copied());
+        self.pool.len() != before
+    }
+
+    /// Removes MACs from the pool except those in use, which are returned.
+    pub fn remove_macs(&mut self, macs: &[MacAddr]) -> Vec<MacAddr> {
+        let used = self.used_macs();
+        let mut in_use = Vec::new();
+        for mac in macs {
+            if used.contains(mac) {
+                in_use.push(*mac);
+            } else {
+                self.pool.remove(mac);
+            }
+        }
+        in_use
+    }
+
+    pub fn snapshot(&self) -> StatusSnapshot {
+        StatusSnapshot {
+            allocations: self
+                .allocations
+                .values()
+                .filter(|e| e.stored.phase != Phase::Releasing)
+                .map(to_api)
+                .collect(),
+            available_macs: self.free_macs(),
+        }
+    }
+
+    pub fn lease_cidrs(&self) -> Vec<String> {
+        let mut cidrs: Vec<String> = self
+            .allocations
+            .values()
+            .filter_map(|e| {
+                let record = e.stored.record.as_ref()?;
+                lease_cidr(record.ip, prefix_mask(record.prefix_len))
+            })
+            .collect();
+        cidrs.sort();
+        cidrs.dedup();
+        cidrs
+    }
+}
+
+fn prefix_mask(prefix_len: u8) -> Ipv4Addr {
+    let bits = u32::MAX
+        .checked_shl(32 - u32::from(prefix_len.min(32)))
+        .unwrap_or(0);
+    Ipv4Addr::from(bits)
+}
+
+/// The API's view of an allocation.
+pub fn to_api(entry: &Entry) -> Allocation {
+    let stored = &entry.stored;
+    let record = stored.record.as_ref();
+    let state = match (stored.phase, record) {
+        (Phase::Releasing, _) => AllocationState::Stopped,
+        (Phase::Confirmed, Some(_)) => AllocationState::Bound,
+        _ => AllocationState::Pending,
+    };
+    let interface = match &entry.link {
+        Some((name, index)) => InterfaceInfo {
+            name: name.clone(),
+            index: *index,
+            // The manager does not report the MTU; 0 says "unknown" rather than guessing.
+            mtu: 0,
+            flags: LINK_UP_FLAGS,
+        },
+        None => InterfaceInfo::default(),
+    };
+    Allocation {
+        id: stored.id.clone(),
+        service: stored.service.clone(),
+        hostname: stored.hostname.clone(),
+        ip: record.map(|r| r.ip).or(stored.handed_out_ip),
+        mac: Some(stored.mac),
+        interface,
+        state,
+        lease: record.map(lease_info),
+    }
+}
+
+fn lease_info(record: &LeaseRecord) -> LeaseInfo {
+    LeaseInfo {
+        server_id: record.server_id,
+        subnet_mask: Some(prefix_mask(record.prefix_len)),
+        routers: record.routers.clone(),
+        dns_servers: record.dns.clone(),
+        domain_name: record.domain_name.clone(),
+        bound_at: record.obtained_at,
+        renew_at: record.renew_at,
+        rebind_at: record.rebind_at,
+        expires_at: record.expires_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeDelta;
+    use dhcpmanager_operator::dhcp::MacAddr as WireMac;
+
+    fn mac(last: u8) -> MacAddr {
+        MacAddr([2, 0x77, 0, 0, 0, last])
+    }
+
+    fn record(ip: [u8; 4], mac: MacAddr) -> LeaseRecord {
+        let now = Utc::now();
+        LeaseRecord {
+            ip: Ipv4Addr::from(ip),
+            prefix_len: 24,
+            routers: vec![Ipv4Addr::new(10, 77, 0, 1)],
+            dns: vec![],
+            domain_name: None,
+            mac: WireMac(mac.0),
+            client_id: "ff".into(),
+            hostname: Some("web.default".into()),
+            server_id: Ipv4Addr::new(10, 77, 0, 1),
+            server_mac: None,
+            lease_seconds: 60,
+            obtained_at: now,
+            renew_at: now + TimeDelta::seconds(30),
+            rebind_at: now + TimeDelta::seconds(52),
+            expires_at: now + TimeDelta::seconds(60),
+        }
+    }
+
+    #[test]
+    fn a_mac_never_serves_two_allocations() {
+        let mut book = Book::new([mac(1), mac(2)].into());
+        let a = book.begin("a".into(), "default/web").unwrap();
+        let b = book.begin("b".into(), "default/web").unwrap();
+        assert_ne!(a.mac, b.mac);
+        assert_eq!(a.hostname, "web.default");
+        assert_eq!(a.phase, Phase::Pending);
+        assert_eq!(
+            book.begin("c".into(), "x"),
+            Err(BackendError::NoFreeMac)
+        );
+        book.remove("a");
+        assert_eq!(book.free_macs(), vec![a.mac]);
+        assert_eq!(book.begin("c".into(), "x").unwrap().mac, a.mac);
+    }
+
+    #[test]
+    fn confirm_then_find_by_either_address() {
+        let mut book = Book::new([mac(1)].into());
+        let a = book.begin("a".into(), "ns/web").unwrap();
+        assert!(book.find_by_ip(Ipv4Addr::new(10, 77, 0, 20)).is_none());
+        book.confirm("a", record([10, 77, 0, 20], a.mac)).unwrap();
+        assert_eq!(
+            book.find_by_ip(Ipv4Addr::new(10, 77, 0, 20)).unwrap().stored.id,
+            "a"
+        );
+        let change = book.apply_record("a", Some(record([10, 77, 0, 30], a.mac)));
+        assert!(matches!(
+            change,
+            RecordChange::IpChanged { old, new, .. }
+                if old == Ipv4Addr::new(10, 77, 0, 20) && new == Ipv4Addr::new(10, 77, 0, 30)
+        ));
+        // the client knows .20, the lease is now .30: both name the allocation
+        assert!(book.find_by_ip(Ipv4Addr::new(10, 77, 0, 20)).is_some());
+        assert!(book.find_by_ip(Ipv4Addr::new(10, 77, 0, 30)).is_some());
+        let api = to_api(book.get("a").unwrap());
+        assert_eq!(api.ip, Some(Ipv4Addr::new(10, 77, 0, 30)));
+        assert_eq!(api.state, AllocationState::Bound);
+        assert_eq!(
+            api.lease.unwrap().subnet_mask,
+            Some(Ipv4Addr::new(255, 255, 255, 0))
+        );
+        book.set_phase("a", Phase::Releasing);
+        assert!(book.find_by_ip(Ipv4Addr::new(10, 77, 0, 30)).is_none());
+        assert!(book.snapshot().allocations.is_empty());
+        assert!(book.free_macs().is_empty(), "the MAC stays taken until removed");
+    }
+
+    #[test]
+    fn records_for_unknown_allocations_change_nothing() {
+        let mut book = Book::new([mac(1)].into());
+        assert_eq!(
+            book.apply_record("gone", Some(record([10, 77, 0, 20], mac(1)))),
+            RecordChange::Unknown
+        );
+        assert!(book.snapshot().allocations.is_empty());
+    }
+
+    #[test]
+    fn in_use_macs_stay_in_the_pool() {
+        let mut book = Book::new([mac(1), mac(2)].into());
+        let a = book.begin("a".into(), "x").unwrap();
+        assert!(!book.add_macs(&[mac(1)]));
+        assert!(book.add_macs(&[mac(3)]));
+        assert_eq!(book.remove_macs(&[mac(1), mac(2), mac(9)]), vec![a.mac]);
+        assert_eq!(book.pool(), &BTreeSet::from([mac(1), mac(3)]));
+        assert_eq!(book.snapshot().available_macs, vec![mac(3)]);
+    }
+
+    #[test]
+    fn cidrs_of_held_leases() {
+        let mut book = Book::new([mac(1), mac(2)].into());
+        let a = book.begin("a".into(), "x").unwrap();
+        book.begin("b".into(), "y").unwrap();
+        assert!(book.lease_cidrs().is_empty());
+        book.confirm("a", record([10, 77, 0, 20], a.mac));
+        assert_eq!(book.lease_cidrs(), vec!["10.77.0.0/24"]);
+        assert_eq!(prefix_mask(0), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(prefix_mask(32), Ipv4Addr::BROADCAST);
+    }
+}
