@@ -55,7 +55,7 @@ kill_pidfile() {
   if alive "$p"; then
     kill "$p" 2>/dev/null || true
     for _ in $(seq 1 50); do alive "$p" || break; sleep 0.1; done
-    alive "$p" && kill -9 "$p" 2>/dev/null || true
+    if alive "$p"; then kill -9 "$p" 2>/dev/null || true; fi
     for _ in $(seq 1 20); do alive "$p" || break; sleep 0.1; done
   fi
   rm -f "$f"
@@ -133,7 +133,7 @@ render() { # TEMPLATE OUT k=v...
 start() {
   local name=$1 server=$2; shift 2
   check_server "$server"
-  local lease=60 t1= t2= addr=$ADDR1 auth=0 range=10.77.0.10-10.77.0.250 arg
+  local lease=60 t1='' t2='' addr=$ADDR1 auth=0 range=10.77.0.10-10.77.0.250 arg
   for arg in "$@"; do
     case $arg in
       lease=*) lease=${arg#*=} ;;
