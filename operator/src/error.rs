@@ -46,4 +46,44 @@ pub enum Error {
     NothingToRelease(String),
     #[error("cannot install a signal handler: {0}")]
     Signal(#[source] std::io::Error),
+    #[error("{action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("MacPool {pool}: {problem}")]
+    BadPool { pool: String, problem: String },
+    #[error("MacPool {0} has no free MAC")]
+    PoolExhausted(String),
+    #[error("{0} kept changing under us; will retry")]
+    Contended(String),
+    #[error("invalid DhcpAddress {address}: {problem}")]
+    InvalidAddress { address: String, problem: String },
+    #[error("cannot read configuration file {0}: {1}")]
+    ConfigRead(std::path::PathBuf, #[source] std::io::Error),
+    #[error("invalid configuration in {0}: {1}")]
+    ConfigInvalid(String, String),
+}
+
+impl Error {
+    /// A short stable name for metrics labels (`dhcpmanager_reconcile_errors_total{error=...}`).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Link(_) => "link",
+            Error::Socket { .. } => "socket",
+            Error::UnknownAddress(_) => "unknown_address",
+            Error::Stopped => "stopped",
+            Error::NoLease { .. } => "no_lease",
+            Error::Value(_) => "value",
+            Error::StateFile { .. } | Error::StateFormat { .. } => "state_file",
+            Error::Usage(_) | Error::NothingToRelease(_) | Error::Signal(_) => "usage",
+            Error::Kube { .. } => "kube",
+            Error::BadPool { .. } => "bad_pool",
+            Error::PoolExhausted(_) => "pool_exhausted",
+            Error::Contended(_) => "contended",
+            Error::InvalidAddress { .. } => "invalid_address",
+            Error::ConfigRead(..) | Error::ConfigInvalid(..) => "config",
+        }
+    }
 }

@@ -1,19 +1,27 @@
 use clap::Parser;
-use dhcpmanager_operator::cli::{Cli, Command, lease};
+use dhcpmanager_operator::cli::{Cli, Command, lease, load_config};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    // Logs go to stderr so that stdout carries only the command's JSON output.
+    // Logs go to stderr so that stdout carries only the command's JSON or YAML output.
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Agent(args) => match load_config(args.config.as_ref()) {
+            Ok(config) => dhcpmanager_operator::agent::run(args, config).await,
+            Err(error) => Err(error),
+        },
         Command::Lease(args) => lease::run(args).await,
+        Command::Crd => {
+            print!("{}", dhcpmanager_crds::crds_yaml());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

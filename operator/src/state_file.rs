@@ -69,7 +69,7 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("lease.json");
         assert_eq!(read(&path).unwrap(), None);
-        let record = LeaseRecord::sample(chrono::Utc::now());
+        let record = crate::fixtures::lease_record(chrono::Utc::now());
         write(&path, &record).unwrap();
         assert_eq!(read(&path).unwrap(), Some(record));
         remove(&path).unwrap();

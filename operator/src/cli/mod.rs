@@ -2,7 +2,11 @@
 
 pub mod lease;
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
+
+use crate::agent::AgentArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,7 +21,21 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the node agent: reconcile DhcpAddress objects on this node (a DaemonSet).
+    Agent(AgentArgs),
     /// Obtain (and by default release) one DHCP lease on a fresh macvlan: a diagnostic that
     /// exercises exactly the engine the agent runs.
     Lease(lease::LeaseArgs),
+    /// Print the CustomResourceDefinitions (YAML) generated from the API types.
+    Crd,
+}
+
+/// The original configuration: `--config FILE` (must exist) or the default path (may be missing),
+/// then the `DHCP_` environment in both spellings.
+pub fn load_config(path: Option<&PathBuf>) -> Result<crate::config::Config, crate::error::Error> {
+    let source = match path {
+        Some(path) => crate::config::Source::Explicit(path),
+        None => crate::config::Source::Default,
+    };
+    crate::config::Config::load(source, std::env::vars(), &[])
 }

@@ -125,7 +125,7 @@ impl Driver {
                         self.ifindex,
                         self.socket.mac(),
                         ip,
-                        self.probe_timing.clone(),
+                        self.probe_timing,
                     )
                     .await
                     .unwrap_or_else(|error| {

@@ -191,7 +191,7 @@ impl LeaseManager {
             status: status_tx,
             commands: commands_rx,
             counters: self.inner.counters.clone(),
-            probe_timing: self.inner.config.probe_timing.clone(),
+            probe_timing: self.inner.config.probe_timing,
             assign_ip,
             assigned,
         };

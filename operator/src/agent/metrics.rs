@@ -1,0 +1,213 @@
+//! The agent's Prometheus metrics and its /metrics, /healthz and /readyz endpoints.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use dhcpmanager_crds::Phase;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::manager::{CounterSnapshot, LeaseManager};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AddressLabel {
+    pub namespace: String,
+    pub name: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub addresses: Family<PhaseLabel, Gauge>,
+    pub time_to_bound: Histogram,
+    pub renewals: Counter,
+    pub naks: Counter,
+    pub expirations: Counter,
+    pub ip_changes: Counter,
+    pub failures: Family<ErrorLabel, Counter>,
+    pub lease_expiry: Family<AddressLabel, Gauge>,
+    packets_sent: Counter,
+    packets_received: Counter,
+    replies_rejected: Counter,
+    seen: Mutex<CounterSnapshot>,
+    pub ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("dhcpmanager");
+        let metrics = Metrics {
+            addresses: Family::default(),
+            // 1 ms .. ~33 s
+            time_to_bound: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            renewals: Counter::default(),
+            naks: Counter::default(),
+            expirations: Counter::default(),
+            ip_changes: Counter::default(),
+            failures: Family::default(),
+            lease_expiry: Family::default(),
+            packets_sent: Counter::default(),
+            packets_received: Counter::default(),
+            replies_rejected: Counter::default(),
+            seen: Mutex::new(CounterSnapshot::default()),
+            ready: AtomicBool::new(false),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "addresses",
+            "Addresses held by this agent, by phase",
+            metrics.addresses.clone(),
+        );
+        registry.register(
+            "time_to_bound_seconds",
+            "Time from starting an address to its first lease",
+            metrics.time_to_bound.clone(),
+        );
+        registry.register(
+            "renewals",
+            "Leases extended by the server (RENEWING, REBINDING or INIT-REBOOT)",
+            metrics.renewals.clone(),
+        );
+        registry.register("naks", "DHCPNAKs received", metrics.naks.clone());
+        registry.register(
+            "lease_expirations",
+            "Leases that ran out before they could be extended",
+            metrics.expirations.clone(),
+        );
+        registry.register(
+            "ip_changes",
+            "Addresses whose IP changed (after a NAK or an expiry)",
+            metrics.ip_changes.clone(),
+        );
+        registry.register(
+            "failures",
+            "Reconcile failures by error",
+            metrics.failures.clone(),
+        );
+        registry.register(
+            "lease_expiry_timestamp_seconds",
+            "When each held lease expires (Unix time)",
+            metrics.lease_expiry.clone(),
+        );
+        registry.register(
+            "packets_sent",
+            "DHCP messages sent",
+            metrics.packets_sent.clone(),
+        );
+        registry.register(
+            "packets_received",
+            "DHCP replies received for our MACs",
+            metrics.packets_received.clone(),
+        );
+        registry.register(
+            "replies_rejected",
+            "Replies discarded (wrong xid, client id, malformed...)",
+            metrics.replies_rejected.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+impl Metrics {
+    pub fn phase_changed(&self, from: Option<Phase>, to: Option<Phase>) {
+        if from == to {
+            return;
+        }
+        if let Some(from) = from {
+            self.addresses
+                .get_or_create(&PhaseLabel {
+                    phase: from.to_string(),
+                })
+                .dec();
+        }
+        if let Some(to) = to {
+            self.addresses
+                .get_or_create(&PhaseLabel {
+                    phase: to.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// The text exposition, with the engine's packet counters brought up to date first.
+    pub fn render(&self, manager: &LeaseManager) -> String {
+        let now = manager.counters();
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            self.packets_sent
+                .inc_by(now.packets_sent.saturating_sub(seen.packets_sent));
+            self.packets_received
+                .inc_by(now.packets_received.saturating_sub(seen.packets_received));
+            self.replies_rejected
+                .inc_by(now.replies_rejected.saturating_sub(seen.replies_rejected));
+            *seen = now;
+        }
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// The server of /metrics, /healthz and /readyz, bound and ready to be spawned.
+pub fn server(
+    addr: std::net::SocketAddr,
+    metrics: std::sync::Arc<Metrics>,
+    manager: LeaseManager,
+) -> std::io::Result<actix_web::dev::Server> {
+    let state = web::Data::new((metrics, manager));
+    HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route(
+                "/metrics",
+                web::get().to(
+                    |state: web::Data<(std::sync::Arc<Metrics>, LeaseManager)>| async move {
+                        HttpResponse::Ok()
+                            .content_type(
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )
+                            .body(state.0.render(&state.1))
+                    },
+                ),
+            )
+            .route(
+                "/healthz",
+                web::get().to(|| async { HttpResponse::Ok().body("ok\n") }),
+            )
+            .route(
+                "/readyz",
+                web::get().to(
+                    |state: web::Data<(std::sync::Arc<Metrics>, LeaseManager)>| async move {
+                        if state.0.ready.load(Ordering::Relaxed) {
+                            HttpResponse::Ok().body("ready\n")
+                        } else {
+                            HttpResponse::ServiceUnavailable()
+                                .body("not holding the agent Lease yet\n")
+                        }
+                    },
+                ),
+            )
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(addr)
+    .map(|server| server.run())
+}

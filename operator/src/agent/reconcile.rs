@@ -1,0 +1,325 @@
+//! The DhcpAddress reconciler, top to bottom: delete → finalizer → ownership → MAC → engine.
+//!
+//! Only the ends touch the API server; what the status says is computed by the pure functions
+//! in `status.rs`, and the DHCP work is the lease manager's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dhcpmanager_crds::{
+    ClientIdMode as SpecClientIdMode, DhcpAddress, DhcpAddressStatus, MacPool, Phase,
+};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::Context;
+use super::status::record_from_status;
+use crate::dhcp::{ClientConfig, ClientIdMode, LeaseRecord, MacAddr};
+use crate::error::Error;
+use crate::manager::AddressSpec;
+
+pub const FINALIZER: &str = "dhcpmanager.io/release";
+
+pub async fn reconcile(address: Arc<DhcpAddress>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = address.namespace().unwrap_or_default();
+    let name = address.name_any();
+    let key = format!("{namespace}/{name}");
+    let api: Api<DhcpAddress> = Api::namespaced(ctx.client.clone(), &namespace);
+    ctx.remember(&key, address.object_ref(&()));
+    let status = address.status.clone().unwrap_or_default();
+    let me = ctx.ownership.node();
+
+    if address.meta().deletion_timestamp.is_some() {
+        return finalize(&api, &address, &key, &status, &ctx).await;
+    }
+    if !address.finalizers().iter().any(|f| f == FINALIZER) {
+        // A merge patch replaces the whole list: keep whatever finalizers others put there,
+        // and let the resourceVersion make a concurrent change fail instead of being lost.
+        let mut finalizers = address.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_string());
+        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": address.resource_version()}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(kube_error(format!("adding the finalizer to {key}")))?;
+        // The update triggers the next reconcile.
+        return Ok(Action::await_change());
+    }
+
+    if let Some(pinned) = address.spec.node.as_deref().filter(|n| !n.is_empty())
+        && pinned != me
+    {
+        ctx.stop_local(&key).await;
+        return Ok(Action::await_change());
+    }
+    match status.node.as_deref() {
+        Some(owner) if owner == me => {}
+        Some(owner) if ctx.ownership.peer_alive(owner) => {
+            // Someone else holds it: make sure we do not transmit for it too.
+            ctx.stop_local(&key).await;
+            return Ok(Action::requeue(ctx.settings.takeover_check));
+        }
+        previous => {
+            if !ctx.ownership.may_transmit() {
+                return Ok(Action::requeue(ctx.settings.renew_interval));
+            }
+            if !claim(&api, &address, &status, me).await? {
+                return Ok(Action::requeue(Duration::from_millis(200)));
+            }
+            if let Some(previous) = previous {
+                info!(%key, from = %previous, "took the address over from an agent that stopped renewing its Lease");
+            }
+            return Ok(Action::await_change());
+        }
+    }
+    if !ctx.ownership.may_transmit() {
+        return Ok(Action::requeue(ctx.settings.renew_interval));
+    }
+    if ctx.manager.status(&key).is_some() {
+        return Ok(Action::requeue(ctx.settings.resync));
+    }
+
+    let (mac, pool) = resolve_mac(&address, &status, &key, &ctx).await?;
+    let hostname = address.hostname();
+    let record = status
+        .lease
+        .as_ref()
+        .and_then(|lease| record_from_status(lease, Some(hostname.clone())))
+        .filter(|record| record.mac == mac);
+    let parent = parent_interface(&address, pool.as_ref(), &ctx);
+    let spec = address_spec(&address, &key, mac, hostname, parent, &ctx)?;
+    let resumed = record.as_ref().map(|r: &LeaseRecord| r.ip);
+    let receiver = ctx.manager.start(spec, record).await?;
+    info!(%key, %mac, ?resumed, "started the DHCP client");
+    ctx.watch_address(
+        key,
+        (namespace, name),
+        receiver,
+        mac,
+        address.meta().generation,
+        status,
+    );
+    Ok(Action::requeue(ctx.settings.resync))
+}
+
+pub fn error_policy(address: Arc<DhcpAddress>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(address = %address.name_any(), %error, "reconcile failed");
+    ctx.metrics
+        .failures
+        .get_or_create(&super::metrics::ErrorLabel {
+            error: error.metric_label().to_string(),
+        })
+        .inc();
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Writes `status.node = me` if nobody changed the object since it was read (resourceVersion
+/// precondition): of several agents racing for an address exactly one wins.
+async fn claim(
+    api: &Api<DhcpAddress>,
+    address: &DhcpAddress,
+    status: &DhcpAddressStatus,
+    me: &str,
+) -> Result<bool, Error> {
+    let mut claimed = DhcpAddress::new(&address.name_any(), address.spec.clone());
+    claimed.metadata.namespace = address.namespace();
+    claimed.metadata.resource_version = address.resource_version();
+    let mut next = status.clone();
+    next.node = Some(me.to_string());
+    next.phase.get_or_insert(Phase::Pending);
+    claimed.status = Some(next);
+    match api
+        .replace_status(&address.name_any(), &PostParams::default(), &claimed)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(source) => Err(Error::Kube {
+            action: format!("claiming {}", address.name_any()),
+            source,
+        }),
+    }
+}
+
+/// The MAC of the address: fixed in the spec, already recorded in status (a takeover or a
+/// restart keeps it), or a new one from the MacPool.
+async fn resolve_mac(
+    address: &DhcpAddress,
+    status: &DhcpAddressStatus,
+    key: &str,
+    ctx: &Context,
+) -> Result<(MacAddr, Option<MacPool>), Error> {
+    let invalid = |problem: String| Error::InvalidAddress {
+        address: key.to_string(),
+        problem,
+    };
+    if let Some(mac) = address.spec.mac.as_deref() {
+        return Ok((
+            mac.parse()
+                .map_err(|e: crate::dhcp::Error| invalid(e.to_string()))?,
+            None,
+        ));
+    }
+    let pool_name = pool_of(address, ctx);
+    let pools: Api<MacPool> = Api::all(ctx.client.clone());
+    let pool = pools
+        .get_opt(&pool_name)
+        .await
+        .map_err(kube_error(format!("reading MacPool {pool_name}")))?;
+    if pool.is_none() {
+        return Err(invalid(format!("MacPool {pool_name} does not exist")));
+    }
+    let recorded = status
+        .lease
+        .as_ref()
+        .map(|l| l.mac.as_str())
+        .or(status.mac.as_deref())
+        .and_then(|m| m.parse::<MacAddr>().ok());
+    let mac = match recorded {
+        Some(mac) => mac,
+        None => super::mac_pool::allocate(&pools, &pool_name, key, ctx.ownership.node()).await?,
+    };
+    Ok((mac, pool))
+}
+
+fn pool_of(address: &DhcpAddress, ctx: &Context) -> String {
+    address
+        .spec
+        .mac_pool_ref
+        .clone()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| ctx.settings.default_pool.clone())
+}
+
+fn parent_interface(address: &DhcpAddress, pool: Option<&MacPool>, ctx: &Context) -> String {
+    address
+        .spec
+        .interface
+        .clone()
+        .or_else(|| pool.and_then(|p| p.spec.interface.clone()))
+        .filter(|i| !i.is_empty())
+        .unwrap_or_else(|| ctx.settings.interface.clone())
+}
+
+fn address_spec(
+    address: &DhcpAddress,
+    key: &str,
+    mac: MacAddr,
+    hostname: String,
+    parent: String,
+    ctx: &Context,
+) -> Result<AddressSpec, Error> {
+    let invalid = |problem: String| Error::InvalidAddress {
+        address: key.to_string(),
+        problem,
+    };
+    let mut client = ClientConfig::new(mac);
+    client.hostname = Some(hostname);
+    client.client_id = match &address.spec.client_id {
+        None => ClientIdMode::Stable,
+        Some(spec) => match spec.mode {
+            SpecClientIdMode::Stable => ClientIdMode::Stable,
+            SpecClientIdMode::Mac => ClientIdMode::Mac,
+            SpecClientIdMode::Custom => ClientIdMode::Custom(
+                hex::decode(spec.value.as_deref().unwrap_or_default())
+                    .map_err(|e| invalid(format!("clientId.value: {e}")))?,
+            ),
+        },
+    };
+    client.vendor_class = address.spec.vendor_class.clone();
+    client.extra_options = address
+        .spec
+        .extra_options
+        .iter()
+        .map(|o| {
+            hex::decode(&o.value)
+                .map(|value| (o.code, value))
+                .map_err(|e| invalid(format!("extraOptions[{}].value: {e}", o.code)))
+        })
+        .collect::<Result<_, _>>()?;
+    client.ip_assigned = address
+        .spec
+        .assign_to_interface
+        .unwrap_or(ctx.settings.assign_interfaces);
+    client.timing.scale = ctx.settings.time_scale;
+    Ok(AddressSpec {
+        key: key.to_string(),
+        parent,
+        client,
+    })
+}
+
+/// Deletion: DHCPRELEASE, link gone, MAC back to its pool, then the finalizer goes. Only the
+/// owner does it — or anyone, once the owner is gone.
+async fn finalize(
+    api: &Api<DhcpAddress>,
+    address: &DhcpAddress,
+    key: &str,
+    status: &DhcpAddressStatus,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    if !address.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let me = ctx.ownership.node();
+    let owner = status.node.as_deref();
+    if let Some(owner) = owner
+        && owner != me
+        && ctx.ownership.peer_alive(owner)
+    {
+        return Ok(Action::requeue(ctx.settings.takeover_check));
+    }
+    if !ctx.ownership.may_transmit() {
+        return Ok(Action::requeue(ctx.settings.renew_interval));
+    }
+    if owner.is_some_and(|o| o != me) && !claim(api, address, status, me).await? {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
+    if ctx.manager.status(key).is_some() {
+        ctx.manager.release(key).await?;
+    } else if let Some(lease) = &status.lease
+        && let Some(record) = record_from_status(lease, Some(address.hostname()))
+        && record.is_valid_at(chrono::Utc::now())
+    {
+        // The lease was held by an agent that is gone: release it from here.
+        let parent = parent_interface(address, None, ctx);
+        let spec = address_spec(address, key, record.mac, address.hostname(), parent, ctx)?;
+        ctx.manager.release_recorded(spec, record).await?;
+    }
+    if address.spec.mac.is_none() {
+        let pools: Api<MacPool> = Api::all(ctx.client.clone());
+        super::mac_pool::release(&pools, &pool_of(address, ctx), key).await?;
+    }
+    let finalizers: Vec<String> = address
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": address.resource_version()}});
+    match api
+        .patch(
+            &address.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(source) => {
+            return Err(kube_error(format!("removing the finalizer of {key}"))(
+                source,
+            ));
+        }
+    }
+    ctx.forget(key);
+    info!(%key, "released");
+    Ok(Action::await_change())
+}
+
+fn kube_error(action: String) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Kube { action, source }
+}
