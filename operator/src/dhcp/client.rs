@@ -10,10 +10,10 @@ use rand::{Rng, SeedableRng};
 use super::config::ClientConfig;
 use super::event::{Action, ClientEvent};
 use super::mac::MacAddr;
-use super::message::{
-    self, Expectation, RejectReason, Reply, ReplyKind, RequestForm, Transmission,
-};
+use super::message::{self, RequestForm, Transmission};
+use super::options::own_client_id;
 use super::record::LeaseRecord;
+use super::reply::{self, Expectation, RejectReason, Reply, ReplyKind};
 use super::state::State;
 use super::timing;
 
@@ -62,7 +62,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(cfg: ClientConfig, seed: u64) -> Self {
-        let client_id = message::own_client_id(&cfg);
+        let client_id = own_client_id(&cfg);
         let epoch = DateTime::<Utc>::UNIX_EPOCH;
         Client {
             cfg,
@@ -200,7 +200,7 @@ impl Client {
                 _ => None,
             },
         };
-        let reply = match message::parse_reply(payload, &expect) {
+        let reply = match reply::parse_reply(payload, &expect) {
             Ok(reply) => reply,
             Err(reason) => return vec![rejected(reason)],
         };

@@ -10,8 +10,9 @@ use super::client::Client;
 use super::config::ClientConfig;
 use super::event::{Action, ClientEvent};
 use super::mac::MacAddr;
-use super::message::{L2Dest, MessageKind, RejectReason, Transmission};
+use super::message::{L2Dest, MessageKind, Transmission};
 use super::record::LeaseRecord;
+use super::reply::RejectReason;
 use super::state::State;
 use super::testkit::*;
 

@@ -4,8 +4,9 @@ use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
-use super::message::{RejectReason, Transmission};
+use super::message::Transmission;
 use super::record::LeaseRecord;
+use super::reply::RejectReason;
 use super::state::State;
 
 /// Effects requested by the state machine; the runtime performs them in order.

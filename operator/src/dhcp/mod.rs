@@ -9,6 +9,7 @@ mod mac;
 mod message;
 mod options;
 mod record;
+mod reply;
 mod state;
 mod timing;
 
@@ -17,9 +18,10 @@ pub use config::{ClientConfig, ClientIdMode, DEFAULT_PARAMETER_REQUEST_LIST, Tim
 pub use error::Error;
 pub use event::{Action, ClientEvent};
 pub use mac::MacAddr;
-pub use message::{L2Dest, MessageKind, RejectReason, Transmission};
+pub use message::{L2Dest, MessageKind, Transmission};
 pub use options::{client_id_bytes, hostname_for_service};
 pub use record::LeaseRecord;
+pub use reply::RejectReason;
 pub use state::State;
 pub use timing::LeaseTimes;
 

@@ -68,7 +68,7 @@ pub fn fqdn_option_body(fqdn: &str) -> Option<Vec<u8>> {
 
 /// Option 61 alone: the only identity option DECLINE and RELEASE may carry (RFC 2131 table 5).
 pub fn client_id_option(cfg: &ClientConfig) -> DhcpOption {
-    DhcpOption::ClientIdentifier(client_id_bytes(&cfg.client_id, cfg.mac))
+    DhcpOption::ClientIdentifier(own_client_id(cfg))
 }
 
 /// The options every DISCOVER and REQUEST carries besides message type, 50 and 54.
@@ -101,6 +101,11 @@ pub fn negotiation_options(cfg: &ClientConfig) -> Vec<DhcpOption> {
 /// Raw bytes under a given code: dhcproto encodes `Unknown` verbatim whatever the code.
 fn unknown(code: OptionCode, data: Vec<u8>) -> DhcpOption {
     DhcpOption::Unknown(UnknownOption::new(code, data))
+}
+
+/// Option 61 as this configuration sends it.
+pub fn own_client_id(cfg: &ClientConfig) -> Vec<u8> {
+    client_id_bytes(&cfg.client_id, cfg.mac)
 }
 
 #[cfg(test)]
