@@ -91,7 +91,12 @@ pub fn is_conflict(packet: &[u8], our_mac: [u8; 6], ip: Ipv4Addr) -> bool {
 
 /// Probes for `ip` on interface `ifindex` from `mac`; `Ok(true)` means the address is in use.
 /// Runs in the calling thread's network namespace, inside a tokio runtime.
-pub async fn probe(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, timing: ProbeTiming) -> io::Result<bool> {
+pub async fn probe(
+    ifindex: u32,
+    mac: [u8; 6],
+    ip: Ipv4Addr,
+    timing: ProbeTiming,
+) -> io::Result<bool> {
     let fd = packet_socket(ETH_P_ARP)?;
     bind_to_interface(fd.as_raw_fd(), ifindex, ETH_P_ARP)?;
     // SAFETY: we own this fd and keep it open, unreplaced, for as long as the AsyncFd lives.
@@ -101,7 +106,8 @@ pub async fn probe(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, timing: ProbeTiming
 
     // StdRng, not ThreadRng: this future must be Send (it runs inside spawned driver tasks).
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
-    let mut next_probe = Instant::now() + random_between(&mut rng, Duration::ZERO, timing.probe_wait);
+    let mut next_probe =
+        Instant::now() + random_between(&mut rng, Duration::ZERO, timing.probe_wait);
     let mut probes_sent = 0;
     let mut deadline = None;
     let mut buf = [0u8; 64];
@@ -110,7 +116,7 @@ pub async fn probe(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, timing: ProbeTiming
         tokio::select! {
             received = fd.async_io(Interest::READABLE, |fd| recv_from(fd.as_raw_fd(), &mut buf)) => {
                 let (len, from) = received?;
-                if from.sll_pkttype != libc::PACKET_OUTGOING as u8 && is_conflict(&buf[..len], mac, ip) {
+                if from.sll_pkttype != libc::PACKET_OUTGOING && is_conflict(&buf[..len], mac, ip) {
                     return Ok(true);
                 }
             }
@@ -165,8 +171,16 @@ mod tests {
 
     #[test]
     fn a_reply_or_request_from_the_address_is_a_conflict() {
-        assert!(is_conflict(&arp(ARPOP_REPLY, THEIRS, IP, Ipv4Addr::UNSPECIFIED), OURS, IP));
-        assert!(is_conflict(&arp(ARPOP_REQUEST, THEIRS, IP, OTHER_IP), OURS, IP));
+        assert!(is_conflict(
+            &arp(ARPOP_REPLY, THEIRS, IP, Ipv4Addr::UNSPECIFIED),
+            OURS,
+            IP
+        ));
+        assert!(is_conflict(
+            &arp(ARPOP_REQUEST, THEIRS, IP, OTHER_IP),
+            OURS,
+            IP
+        ));
     }
 
     #[test]
@@ -176,15 +190,29 @@ mod tests {
 
     #[test]
     fn unrelated_or_own_packets_are_not_conflicts() {
-        assert!(!is_conflict(&build_probe(OURS, IP), OURS, IP), "our own probe");
+        assert!(
+            !is_conflict(&build_probe(OURS, IP), OURS, IP),
+            "our own probe"
+        );
         assert!(!is_conflict(&build_probe(THEIRS, OTHER_IP), OURS, IP));
-        assert!(!is_conflict(&arp(ARPOP_REPLY, THEIRS, OTHER_IP, IP), OURS, IP));
-        assert!(!is_conflict(&arp(ARPOP_REQUEST, THEIRS, OTHER_IP, IP), OURS, IP), "a plain who-has");
+        assert!(!is_conflict(
+            &arp(ARPOP_REPLY, THEIRS, OTHER_IP, IP),
+            OURS,
+            IP
+        ));
+        assert!(
+            !is_conflict(&arp(ARPOP_REQUEST, THEIRS, OTHER_IP, IP), OURS, IP),
+            "a plain who-has"
+        );
         assert!(!is_conflict(&arp(3, THEIRS, IP, IP), OURS, IP), "RARP op");
         let mut not_ipv4 = arp(ARPOP_REPLY, THEIRS, IP, IP);
         not_ipv4[2] = 0x86;
         assert!(!is_conflict(&not_ipv4, OURS, IP));
-        assert!(!is_conflict(&arp(ARPOP_REPLY, THEIRS, IP, IP)[..27], OURS, IP));
+        assert!(!is_conflict(
+            &arp(ARPOP_REPLY, THEIRS, IP, IP)[..27],
+            OURS,
+            IP
+        ));
         assert!(!is_conflict(&[], OURS, IP));
     }
 

@@ -43,7 +43,12 @@ const ACCEPT: u32 = 0x0004_0000;
 const DROP: u32 = 0;
 
 const fn stmt(code: u16, k: u32) -> BpfInstruction {
-    BpfInstruction { code, jt: 0, jf: 0, k }
+    BpfInstruction {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
 }
 
 const fn jump(code: u16, k: u32, jt: u8, jf: u8) -> BpfInstruction {
@@ -164,7 +169,10 @@ mod tests {
 
     #[test]
     fn accepts_a_reply_for_our_mac() {
-        assert_eq!(run(&dhcp_client_filter(MINE), &reply_packet(MINE, 68)), ACCEPT);
+        assert_eq!(
+            run(&dhcp_client_filter(MINE), &reply_packet(MINE, 68)),
+            ACCEPT
+        );
     }
 
     #[test]

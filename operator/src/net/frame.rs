@@ -36,7 +36,10 @@ impl std::fmt::Display for FrameError {
             Self::NotIpv4(v) => write!(f, "IP version {v}, expected 4"),
             Self::BadHeaderLength(n) => write!(f, "IPv4 header length {n} is invalid"),
             Self::BadTotalLength { total, captured } => {
-                write!(f, "IPv4 total length {total} does not fit the {captured} captured bytes")
+                write!(
+                    f,
+                    "IPv4 total length {total} does not fit the {captured} captured bytes"
+                )
             }
             Self::NotUdp(p) => write!(f, "IP protocol {p}, expected UDP (17)"),
             Self::Fragment => write!(f, "IPv4 fragment"),
@@ -50,6 +53,15 @@ impl std::fmt::Display for FrameError {
 }
 
 impl std::error::Error for FrameError {}
+
+/// Whether to check the UDP checksum of a received datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpChecksum {
+    Verify,
+    /// The sender's kernel left the checksum to hardware that a virtual link (veth, macvlan)
+    /// never ran, so the field holds only a partial sum (`TP_STATUS_CSUMNOTREADY`).
+    NotReady,
+}
 
 /// A UDP datagram addressed to the DHCP client port, as taken out of an IPv4 packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,9 +112,13 @@ pub fn build_udp_datagram(
     Ok(packet)
 }
 
-/// Extracts the UDP payload of an IPv4 packet addressed to port 68. Checksums are verified
-/// when present: a zero UDP checksum means "not computed" (RFC 768) and is accepted.
-pub fn parse_client_datagram(packet: &[u8]) -> Result<ParsedDatagram<'_>, FrameError> {
+/// Extracts the UDP payload of an IPv4 packet addressed to port 68. The IP header checksum is
+/// always verified, the UDP one when `udp_checksum` says it is ready and the sender computed it
+/// (zero means "not computed", RFC 768).
+pub fn parse_client_datagram(
+    packet: &[u8],
+    udp_checksum: UdpChecksum,
+) -> Result<ParsedDatagram<'_>, FrameError> {
     if packet.len() < IPV4_HEADER_LEN + UDP_HEADER_LEN {
         return Err(FrameError::TooShort(packet.len()));
     }
@@ -146,7 +162,8 @@ pub fn parse_client_datagram(packet: &[u8]) -> Result<ParsedDatagram<'_>, FrameE
         return Err(FrameError::WrongPort(dst_port));
     }
     let sent_checksum = u16::from_be_bytes([udp[6], udp[7]]);
-    if sent_checksum != 0 && pseudo_header_sum(src_ip, dst_ip, udp) != 0 {
+    let verify = udp_checksum == UdpChecksum::Verify && sent_checksum != 0;
+    if verify && pseudo_header_sum(src_ip, dst_ip, udp) != 0 {
         return Err(FrameError::BadUdpChecksum);
     }
     Ok(ParsedDatagram {
@@ -204,11 +221,16 @@ mod tests {
     #[test]
     fn built_datagram_has_the_documented_header() {
         let payload = [1u8, 2, 3, 4, 5];
-        let p = build_client_datagram(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, &payload).unwrap();
+        let p =
+            build_client_datagram(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, &payload).unwrap();
         assert_eq!(p.len(), 20 + 8 + 5);
         assert_eq!(p[0], 0x45);
         assert_eq!(u16::from_be_bytes([p[2], p[3]]), 33);
-        assert_eq!(u16::from_be_bytes([p[6], p[7]]), 0, "DF off, not a fragment");
+        assert_eq!(
+            u16::from_be_bytes([p[6], p[7]]),
+            0,
+            "DF off, not a fragment"
+        );
         assert_eq!(p[8], 64);
         assert_eq!(p[9], 17);
         assert_eq!(&p[12..16], &[0, 0, 0, 0]);
@@ -218,7 +240,11 @@ mod tests {
         assert_eq!(u16::from_be_bytes([p[24], p[25]]), 13);
         assert_eq!(&p[28..], &payload);
         assert_eq!(internet_checksum(&[&p[..20]]), 0, "IP checksum verifies");
-        assert_ne!(u16::from_be_bytes([p[26], p[27]]), 0, "UDP checksum is computed");
+        assert_ne!(
+            u16::from_be_bytes([p[26], p[27]]),
+            0,
+            "UDP checksum is computed"
+        );
     }
 
     #[test]
@@ -235,7 +261,7 @@ mod tests {
     fn round_trip_through_the_parser() {
         let payload: Vec<u8> = (0..=255u8).cycle().take(300).collect();
         let p = server_reply(&payload);
-        let parsed = parse_client_datagram(&p).unwrap();
+        let parsed = parse_client_datagram(&p, UdpChecksum::Verify).unwrap();
         assert_eq!(parsed.src_ip, SERVER);
         assert_eq!(parsed.dst_ip, OFFERED);
         assert_eq!(parsed.payload, &payload[..]);
@@ -244,14 +270,19 @@ mod tests {
     #[test]
     fn odd_payload_length_checksums_verify() {
         let p = server_reply(&[7u8; 301]);
-        assert!(parse_client_datagram(&p).is_ok());
+        assert!(parse_client_datagram(&p, UdpChecksum::Verify).is_ok());
     }
 
     #[test]
     fn ethernet_padding_after_the_packet_is_ignored() {
         let mut p = server_reply(&[9u8; 3]);
         p.extend_from_slice(&[0u8; 20]);
-        assert_eq!(parse_client_datagram(&p).unwrap().payload, &[9, 9, 9]);
+        assert_eq!(
+            parse_client_datagram(&p, UdpChecksum::Verify)
+                .unwrap()
+                .payload,
+            &[9, 9, 9]
+        );
     }
 
     #[test]
@@ -259,7 +290,23 @@ mod tests {
         let mut p = server_reply(&[1, 2, 3]);
         p[26] = 0;
         p[27] = 0;
-        assert!(parse_client_datagram(&p).is_ok());
+        assert!(parse_client_datagram(&p, UdpChecksum::Verify).is_ok());
+    }
+
+    #[test]
+    fn a_partial_checksum_passes_only_when_not_ready() {
+        let mut p = server_reply(&[1, 2, 3]);
+        p[26] ^= 0x55;
+        assert_eq!(
+            parse_client_datagram(&p, UdpChecksum::Verify).unwrap_err(),
+            FrameError::BadUdpChecksum
+        );
+        assert_eq!(
+            parse_client_datagram(&p, UdpChecksum::NotReady)
+                .unwrap()
+                .payload,
+            &[1, 2, 3]
+        );
     }
 
     #[test]
@@ -275,7 +322,12 @@ mod tests {
         p[10..12].copy_from_slice(&[0, 0]);
         let c = internet_checksum(&[&p[..24]]);
         p[10..12].copy_from_slice(&c.to_be_bytes());
-        assert_eq!(parse_client_datagram(&p).unwrap().payload, &[5u8; 10]);
+        assert_eq!(
+            parse_client_datagram(&p, UdpChecksum::Verify)
+                .unwrap()
+                .payload,
+            &[5u8; 10]
+        );
     }
 
     #[test]
@@ -284,13 +336,16 @@ mod tests {
         let with = |f: &dyn Fn(&mut Vec<u8>)| {
             let mut p = good.clone();
             f(&mut p);
-            parse_client_datagram(&p).unwrap_err()
+            parse_client_datagram(&p, UdpChecksum::Verify).unwrap_err()
         };
         assert_eq!(with(&|p| p.truncate(27)), FrameError::TooShort(27));
         assert_eq!(with(&|p| p[0] = 0x65), FrameError::NotIpv4(6));
         assert_eq!(with(&|p| p[0] = 0x44), FrameError::BadHeaderLength(16));
         assert_eq!(with(&|p| p[0] = 0x4f), FrameError::BadHeaderLength(60));
-        assert!(matches!(with(&|p| p[3] = 200), FrameError::BadTotalLength { .. }));
+        assert!(matches!(
+            with(&|p| p[3] = 200),
+            FrameError::BadTotalLength { .. }
+        ));
         assert_eq!(with(&|p| p[9] = 6), FrameError::NotUdp(6));
         assert_eq!(with(&|p| p[6] = 0x20), FrameError::Fragment);
         assert_eq!(with(&|p| p[7] = 1), FrameError::Fragment);
@@ -303,7 +358,10 @@ mod tests {
     #[test]
     fn wrong_destination_port_is_rejected() {
         let p = build_udp_datagram(SERVER, OFFERED, 67, 67, &[0]).unwrap();
-        assert_eq!(parse_client_datagram(&p).unwrap_err(), FrameError::WrongPort(67));
+        assert_eq!(
+            parse_client_datagram(&p, UdpChecksum::Verify).unwrap_err(),
+            FrameError::WrongPort(67)
+        );
     }
 
     #[test]
@@ -323,19 +381,22 @@ mod tests {
         for _ in 0..20_000 {
             let len = rng.random_range(0..120);
             let random: Vec<u8> = (0..len).map(|_| rng.random()).collect();
-            let _ = parse_client_datagram(&random);
+            let _ = parse_client_datagram(&random, UdpChecksum::Verify);
 
             let mut truncated = good.clone();
             truncated.truncate(rng.random_range(0..good.len()));
-            assert!(parse_client_datagram(&truncated).is_err());
+            assert!(parse_client_datagram(&truncated, UdpChecksum::Verify).is_err());
 
             // One changed byte is always caught by a checksum or a field check, so whatever
             // still parses must be the original datagram.
             let mut mutant = good.clone();
             let at = rng.random_range(0..mutant.len());
             mutant[at] = rng.random();
-            if let Ok(parsed) = parse_client_datagram(&mutant) {
-                assert_eq!(parsed, parse_client_datagram(&good).unwrap());
+            if let Ok(parsed) = parse_client_datagram(&mutant, UdpChecksum::Verify) {
+                assert_eq!(
+                    parsed,
+                    parse_client_datagram(&good, UdpChecksum::Verify).unwrap()
+                );
             }
         }
     }

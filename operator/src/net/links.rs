@@ -7,9 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
-use netlink_packet_route::link::{
-    InfoKind, LinkAttribute, LinkInfo, LinkMessage, MacVlanMode,
-};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, MacVlanMode};
 use rtnetlink::{AddressMessageBuilder, Handle, LinkMacVlan, LinkUnspec};
 use sha2::{Digest, Sha256};
 
@@ -129,7 +127,6 @@ impl Links {
         let request = LinkMacVlan::new(name, parent_index, MacVlanMode::Bridge)
             .address(mac.to_vec())
             .link_group(group)
-            .alias(alias)
             .up()
             .build();
         self.handle
@@ -138,12 +135,22 @@ impl Links {
             .execute()
             .await
             .map_err(netlink(format!("creating macvlan {name} on {parent}")))?;
-        let created = self
+        let index = self
             .find_by_name(name)
             .await?
-            .ok_or_else(|| LinkError::Vanished(name.to_owned()))?;
+            .ok_or_else(|| LinkError::Vanished(name.to_owned()))?
+            .header
+            .index;
+        // The kernel ignores IFLA_IFALIAS when it creates a link; it applies it on change.
+        let set_alias = LinkUnspec::new_with_index(index).alias(alias).build();
+        self.handle
+            .link()
+            .change(set_alias)
+            .execute()
+            .await
+            .map_err(netlink(format!("setting the alias of link {name}")))?;
         disable_ipv6(name);
-        Ok(created.header.index)
+        Ok(index)
     }
 
     /// Adds `ip/prefix` to the link; adding an address it already has is not an error.
@@ -165,7 +172,9 @@ impl Links {
             .build();
         match self.handle.address().del(message).execute().await {
             Err(e) if errno_of(&e) == Some(libc::EADDRNOTAVAIL) => Ok(()),
-            other => other.map_err(netlink(format!("removing {ip}/{prefix} from link {ifindex}"))),
+            other => other.map_err(netlink(format!(
+                "removing {ip}/{prefix} from link {ifindex}"
+            ))),
         }
     }
 
@@ -173,9 +182,16 @@ impl Links {
     pub async fn list_ours(&self, group: u32) -> Result<Vec<OwnedLink>, LinkError> {
         let mut links = self.handle.link().get().execute();
         let mut ours = Vec::new();
-        while let Some(message) = links.try_next().await.map_err(netlink("listing links".into()))? {
+        while let Some(message) = links
+            .try_next()
+            .await
+            .map_err(netlink("listing links".into()))?
+        {
             let attributes = &message.attributes;
-            if !attributes.iter().any(|a| matches!(a, LinkAttribute::Group(g) if *g == group)) {
+            if !attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::Group(g) if *g == group))
+            {
                 continue;
             }
             ours.push(owned_link(&message));
@@ -318,6 +334,9 @@ mod tests {
                 parent_ifindex: Some(3),
             }
         );
-        assert!(!is_macvlan_of(&message, 3, [2, 0x77, 0, 0, 0, 9]), "no macvlan kind");
+        assert!(
+            !is_macvlan_of(&message, 3, [2, 0x77, 0, 0, 0, 9]),
+            "no macvlan kind"
+        );
     }
 }

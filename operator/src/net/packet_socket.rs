@@ -15,10 +15,13 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use super::bpf::{BpfInstruction, dhcp_client_filter};
-use super::frame::{build_client_datagram, parse_client_datagram};
+use super::frame::{UdpChecksum, build_client_datagram, parse_client_datagram};
 
 pub const BROADCAST_MAC: [u8; 6] = [0xff; 6];
 const ETH_P_IP: u16 = 0x0800;
+// From <linux/if_packet.h>; not in the libc crate.
+const PACKET_AUXDATA: libc::c_int = 8;
+const TP_STATUS_CSUMNOTREADY: u32 = 1 << 3;
 /// Big enough for any frame on a standard MTU; DHCP replies are far smaller.
 const RECEIVE_BUFFER: usize = 2048;
 
@@ -48,15 +51,12 @@ impl DhcpSocket {
         // packet can arrive: no unfiltered foreign reply is ever queued.
         let fd = packet_socket(0)?;
         attach_filter(fd.as_raw_fd(), &dhcp_client_filter(mac))?;
+        enable_auxdata(fd.as_raw_fd())?;
         bind_to_interface(fd.as_raw_fd(), ifindex, ETH_P_IP)?;
         // SAFETY: the OwnedFd moves into the AsyncFd, which keeps it open and unreplaced for
         // as long as it is registered.
         let fd = unsafe { AsyncFd::register(fd)? };
-        Ok(Self {
-            fd,
-            ifindex,
-            mac,
-        })
+        Ok(Self { fd, ifindex, mac })
     }
 
     pub fn ifindex(&self) -> u32 {
@@ -86,14 +86,16 @@ impl DhcpSocket {
     pub async fn recv(&self) -> io::Result<Received> {
         let mut buf = [0u8; RECEIVE_BUFFER];
         loop {
-            let (len, from) = self
+            let (len, from, udp_checksum) = self
                 .fd
-                .async_io(Interest::READABLE, |fd| recv_from(fd.as_raw_fd(), &mut buf))
+                .async_io(Interest::READABLE, |fd| {
+                    recv_with_status(fd.as_raw_fd(), &mut buf)
+                })
                 .await?;
-            if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            if from.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
-            let Ok(datagram) = parse_client_datagram(&buf[..len]) else {
+            let Ok(datagram) = parse_client_datagram(&buf[..len], udp_checksum) else {
                 continue;
             };
             let mut src_mac = [0u8; 6];
@@ -154,6 +156,69 @@ fn attach_filter(fd: RawFd, program: &[BpfInstruction]) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Asks the kernel to report, per packet, whether its checksum was left to (absent) hardware:
+/// replies between namespaces over veth/macvlan carry only a partial UDP checksum.
+fn enable_auxdata(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a valid c_int for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_PACKET,
+            PACKET_AUXDATA,
+            (&raw const on).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `recvfrom` plus the `PACKET_AUXDATA` status telling whether the UDP checksum is ready.
+fn recv_with_status(
+    fd: RawFd,
+    buf: &mut [u8],
+) -> io::Result<(usize, libc::sockaddr_ll, UdpChecksum)> {
+    // SAFETY: sockaddr_ll and msghdr are plain old data; all-zero is a valid value.
+    let mut from: libc::sockaddr_ll = unsafe { mem::zeroed() };
+    // u64 elements keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_name = (&raw mut from).cast();
+    msg.msg_namelen = mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = mem::size_of_val(&control);
+    // SAFETY: every pointer in msg refers to a live local buffer of the stated length.
+    let len = unsafe { libc::recvmsg(fd, &raw mut msg, 0) };
+    if len < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut udp_checksum = UdpChecksum::Verify;
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel just filled, within
+    // msg_controllen; tpacket_auxdata starts with its u32 tp_status.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_PACKET && (*cmsg).cmsg_type == PACKET_AUXDATA {
+                let status = libc::CMSG_DATA(cmsg).cast::<u32>().read_unaligned();
+                if status & TP_STATUS_CSUMNOTREADY != 0 {
+                    udp_checksum = UdpChecksum::NotReady;
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
+        }
+    }
+    Ok((len as usize, from, udp_checksum))
 }
 
 pub(super) fn link_address(ifindex: u32, protocol: u16, mac: [u8; 6]) -> libc::sockaddr_ll {
