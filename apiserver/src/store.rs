@@ -269,7 +269,11 @@ mod tests {
         let torn = dir.join("allocations/torn.json");
         fs::write(&torn, b"{\"id\": \"torn\", \"serv").unwrap();
         let misnamed = dir.join("allocations/other.json");
-        fs::write(&misnamed, serde_json::to_vec(&allocation("good2", 2)).unwrap()).unwrap();
+        fs::write(
+            &misnamed,
+            serde_json::to_vec(&allocation("good2", 2)).unwrap(),
+        )
+        .unwrap();
         fs::write(dir.join("macs.json"), b"[not a pool").unwrap();
         let leftover = dir.join("allocations/.good.json.123.tmp");
         fs::write(&leftover, b"half").unwrap();

@@ -136,7 +136,9 @@ impl StandaloneBackend {
     /// Loads the store, finishes what a crash interrupted, resumes every handed-out address and
     /// removes our links that belong to no allocation. Call it in the network namespace of the
     /// parent interface, on the runtime that should run the DHCP clients.
-    pub async fn open(options: StandaloneOptions) -> Result<Arc<StandaloneBackend>, StandaloneError> {
+    pub async fn open(
+        options: StandaloneOptions,
+    ) -> Result<Arc<StandaloneBackend>, StandaloneError> {
         let runtime = Handle::try_current().map_err(|_| StandaloneError::NoRuntime)?;
         let (store, loaded) = Store::open(&options.state_dir)?;
         for skipped in &loaded.skipped {
@@ -268,10 +270,17 @@ impl Core {
             self.forget_on_disk(&stored.id).await;
         }
         for stored in plan.release {
-            let record = stored.record.clone().expect("planned releases carry a record");
+            let record = stored
+                .record
+                .clone()
+                .expect("planned releases carry a record");
             info!(id = %stored.id, service = %stored.service, ip = %record.ip, phase = ?stored.phase,
                 "releasing an allocation a crash left unfinished");
-            if let Err(error) = self.manager.release_recorded(self.spec(&stored), record).await {
+            if let Err(error) = self
+                .manager
+                .release_recorded(self.spec(&stored), record)
+                .await
+            {
                 error!(id = %stored.id, %error, "releasing the unfinished allocation failed");
             }
             self.forget_on_disk(&stored.id).await;
@@ -434,7 +443,10 @@ impl Core {
             Err(dhcpmanager_operator::error::Error::UnknownAddress(_)) => {
                 // Not running (it could not be resumed at start): release from the record.
                 if let Some(record) = stored.record.clone().filter(|r| r.is_valid_at(Utc::now()))
-                    && let Err(error) = self.manager.release_recorded(self.spec(&stored), record).await
+                    && let Err(error) = self
+                        .manager
+                        .release_recorded(self.spec(&stored), record)
+                        .await
                 {
                     error!(id = %stored.id, %error, "releasing from the record failed");
                 }
@@ -462,7 +474,10 @@ impl Core {
             let mut book = self.shared.book();
             let (changed, unchanged) = change(&mut book);
             let pool: BTreeSet<MacAddr> = book.pool().clone();
-            (changed.then(|| self.shared.writer.save_pool(pool)), unchanged)
+            (
+                changed.then(|| self.shared.writer.save_pool(pool)),
+                unchanged,
+            )
         };
         if let Some(saved) = saved {
             self.shared.notify();

@@ -80,10 +80,8 @@ impl Book {
     /// Records a loaded allocation; its MAC joins the pool (a MAC in use is always a pool MAC).
     pub fn insert(&mut self, stored: StoredAllocation) {
         self.pool.insert(stored.mac);
-        self.allocations.insert(
-            stored.id.clone(),
-            Entry { stored, link: None },
-        );
+        self.allocations
+            .insert(stored.id.clone(), Entry { stored, link: None });
     }
 
     /// Takes a free MAC for a new Pending allocation of `service`. Reserving the MAC and recording
@@ -303,10 +301,7 @@ mod tests {
         assert_ne!(a.mac, b.mac);
         assert_eq!(a.hostname, "web.default");
         assert_eq!(a.phase, Phase::Pending);
-        assert_eq!(
-            book.begin("c".into(), "x"),
-            Err(BackendError::NoFreeMac)
-        );
+        assert_eq!(book.begin("c".into(), "x"), Err(BackendError::NoFreeMac));
         book.remove("a");
         assert_eq!(book.free_macs(), vec![a.mac]);
         assert_eq!(book.begin("c".into(), "x").unwrap().mac, a.mac);
@@ -319,7 +314,10 @@ mod tests {
         assert!(book.find_by_ip(Ipv4Addr::new(10, 77, 0, 20)).is_none());
         book.confirm("a", record([10, 77, 0, 20], a.mac)).unwrap();
         assert_eq!(
-            book.find_by_ip(Ipv4Addr::new(10, 77, 0, 20)).unwrap().stored.id,
+            book.find_by_ip(Ipv4Addr::new(10, 77, 0, 20))
+                .unwrap()
+                .stored
+                .id,
             "a"
         );
         let change = book.apply_record("a", Some(record([10, 77, 0, 30], a.mac)));
@@ -341,7 +339,10 @@ mod tests {
         book.set_phase("a", Phase::Releasing);
         assert!(book.find_by_ip(Ipv4Addr::new(10, 77, 0, 30)).is_none());
         assert!(book.snapshot().allocations.is_empty());
-        assert!(book.free_macs().is_empty(), "the MAC stays taken until removed");
+        assert!(
+            book.free_macs().is_empty(),
+            "the MAC stays taken until removed"
+        );
     }
 
     #[test]

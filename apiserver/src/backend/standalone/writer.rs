@@ -189,7 +189,10 @@ mod tests {
     fn the_last_write_of_a_file_wins_and_every_waiter_is_kept() {
         let a = Target::Allocation("a".into());
         let b = Target::Allocation("b".into());
-        let (j1, _w1) = job(a.clone(), Content::Save(Box::new(allocation("a", Phase::Pending))));
+        let (j1, _w1) = job(
+            a.clone(),
+            Content::Save(Box::new(allocation("a", Phase::Pending))),
+        );
         let (j2, _w2) = job(b.clone(), Content::Remove);
         let (j3, _w3) = job(a.clone(), Content::Remove);
         let (j4, _w4) = job(Target::Barrier, Content::Nothing);

@@ -1,0 +1,502 @@
+//! The standalone backend against real DHCP servers in the lab (tests/lab): allocations bind and
+//! show up in the server's lease database with the original's hostname, releases free them, a
+//! timeout leaves nothing behind, a restart resumes the same addresses without DISCOVER, a crash
+//! mid-POST is cleaned up at the next start, and concurrent allocations never share a MAC.
+//!
+//! Each "process lifetime" of the backend is one tokio runtime built on a thread inside the lab's
+//! agent namespace; dropping that runtime ends every task at once, like a crash would.
+//! Needs root and the Debian DHCP servers (scripts/install-deps.sh).
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dhcpmanager_apiserver::backend::standalone::{StandaloneBackend, StandaloneOptions};
+use dhcpmanager_apiserver::backend::{AllocationState, Backend, BackendError};
+use dhcpmanager_apiserver::store::{Phase, Store};
+use dhcpmanager_apiserver::{Config, MacAddr};
+use dhcpmanager_operator::dhcp::State;
+use dhcpmanager_tests::bootp::MessageType;
+use dhcpmanager_tests::lab::{Lab, Server, ServerLease, ServerOpts};
+use dhcpmanager_tests::netns::in_netns;
+
+/// Safety net for an exchange with a server that answers at once (not a timing assertion).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Safety net for polling a lease database or a client state.
+const POLL_LIMIT: Duration = Duration::from_secs(20);
+
+fn pool_mac(index: u8) -> MacAddr {
+    MacAddr([0x02, 0x77, 0x5a, 0x00, 0x00, index])
+}
+
+fn pool(count: u8) -> Vec<MacAddr> {
+    (1..=count).map(pool_mac).collect()
+}
+
+fn in_lab_subnet(ip: Ipv4Addr) -> bool {
+    ip.octets()[..3] == [10, 77, 0]
+}
+
+fn state_dir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "dm-standalone-{label}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn options(lab: &Lab, state_dir: &Path, macs: Vec<MacAddr>) -> StandaloneOptions {
+    let config = Config {
+        interface: lab.parent().to_string(),
+        state_dir: state_dir.to_path_buf(),
+        macs,
+        ..Config::default()
+    };
+    StandaloneOptions::from_config(&config)
+}
+
+/// One lifetime of the backend: `f` runs on a runtime inside the agent namespace; when it
+/// returns the runtime is dropped and every DHCP client task with it (a crash, not a shutdown).
+fn lifetime<T, F>(lab: &Lab, f: F) -> T
+where
+    T: Send,
+    F: FnOnce(&tokio::runtime::Runtime) -> T + Send,
+{
+    in_netns(&lab.agent_ns(), move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        f(&runtime)
+    })
+    .expect("agent namespace")
+}
+
+async fn open(options: StandaloneOptions) -> Arc<StandaloneBackend> {
+    StandaloneBackend::open(options)
+        .await
+        .expect("the standalone backend opens")
+}
+
+fn deadline() -> Instant {
+    Instant::now() + REQUEST_TIMEOUT
+}
+
+/// Names of our macvlans (dm + hash) in the agent namespace.
+fn our_links(lab: &Lab) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-n", &lab.agent_ns(), "-o", "link", "show"])
+        .output()
+        .expect("ip link");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_string())
+        .filter(|name| name.starts_with("dm"))
+        .collect()
+}
+
+fn stored_ids(state_dir: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(state_dir.join("allocations"))
+        .expect("allocations dir")
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".json")
+                .map(str::to_string)
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn active(leases: &[ServerLease], ip: Ipv4Addr) -> Option<&ServerLease> {
+    leases.iter().find(|l| l.ip == ip && l.state == "active")
+}
+
+/// Polls the server's lease database until `done` holds (servers write it asynchronously).
+fn wait_for_leases(
+    lab: &Lab,
+    server: Server,
+    what: &str,
+    done: impl Fn(&[ServerLease]) -> bool,
+) -> Vec<ServerLease> {
+    let started = Instant::now();
+    loop {
+        let leases = lab.leases(server).expect("lease database");
+        if done(&leases) {
+            return leases;
+        }
+        assert!(
+            started.elapsed() < POLL_LIMIT,
+            "{server:?}: {what}; database: {leases:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn start_server(lab: &Lab, server: Server) {
+    let lease = if server == Server::Dnsmasq { 120 } else { 60 };
+    lab.start(
+        server,
+        ServerOpts {
+            lease,
+            ..Default::default()
+        },
+    )
+    .expect("server starts");
+}
+
+fn allocate_release_on(server: Server) {
+    let lab = Lab::up().expect("lab up");
+    start_server(&lab, server);
+    let dir = state_dir(server.name());
+    let macs = pool(3);
+
+    let (first, second) = lifetime(&lab, |rt| {
+        rt.block_on(async {
+            let backend = open(options(&lab, &dir, macs.clone())).await;
+            let first = backend.allocate("default/web", deadline()).await.unwrap();
+            // Not idempotent per service: MetalLB may hold several pending addresses for one.
+            let second = backend.allocate("default/web", deadline()).await.unwrap();
+            let status = backend.status().await.unwrap();
+            assert_eq!(status.allocations.len(), 2);
+            assert!(
+                status
+                    .allocations
+                    .iter()
+                    .all(|a| a.state == AllocationState::Bound)
+            );
+            assert_eq!(status.available_macs.len(), 1);
+            assert_eq!(
+                backend.lease_cidrs().await.unwrap(),
+                vec!["10.77.0.0/24".to_string()]
+            );
+            (first, second)
+        })
+    });
+    for allocation in [&first, &second] {
+        assert!(in_lab_subnet(allocation.ip.unwrap()), "{allocation:?}");
+        assert_eq!(allocation.hostname, "web.default");
+        assert_eq!(allocation.state, AllocationState::Bound);
+        assert!(allocation.lease.is_some());
+    }
+    assert_ne!(first.ip, second.ip);
+    assert_ne!(first.mac, second.mac);
+    assert_ne!(first.id, second.id);
+    let (ip1, ip2) = (first.ip.unwrap(), second.ip.unwrap());
+    let leases = wait_for_leases(&lab, server, "both leases active", |l| {
+        active(l, ip1).is_some() && active(l, ip2).is_some()
+    });
+    // dnsmasq records only the first label of a name outside its own domain.
+    let recorded = if server == Server::Dnsmasq {
+        "web"
+    } else {
+        "web.default"
+    };
+    let mut named = 0;
+    for allocation in [&first, &second] {
+        let lease = active(&leases, allocation.ip.unwrap()).unwrap();
+        assert_eq!(
+            lease.mac.as_deref(),
+            Some(allocation.mac.unwrap().to_string().as_str())
+        );
+        match lease.hostname.as_deref() {
+            Some(name) if name == recorded => named += 1,
+            None => {}
+            other => panic!("hostname {other:?} in {lease:?}"),
+        }
+    }
+    // dnsmasq keeps a hostname on one lease only: the newer client with the same name takes it.
+    let expected_named = if server == Server::Dnsmasq { 1 } else { 2 };
+    assert_eq!(named, expected_named, "{leases:#?}");
+    assert_eq!(stored_ids(&dir), {
+        let mut ids = vec![first.id.clone(), second.id.clone()];
+        ids.sort();
+        ids
+    });
+
+    // The runtime above is gone (a crash): the next lifetime resumes both, then releases.
+    lifetime(&lab, |rt| {
+        rt.block_on(async {
+            let backend = open(options(&lab, &dir, macs.clone())).await;
+            let unknown = Ipv4Addr::new(10, 77, 0, 251);
+            assert_eq!(
+                backend.release(unknown).await,
+                Err(BackendError::NotFound(unknown))
+            );
+            assert_eq!(backend.status().await.unwrap().allocations.len(), 2);
+            let released = backend.release(ip1).await.unwrap();
+            assert_eq!(released.id, first.id);
+            assert_eq!(released.state, AllocationState::Stopped);
+            let status = backend.status().await.unwrap();
+            assert_eq!(status.allocations.len(), 1);
+            assert!(status.available_macs.contains(&first.mac.unwrap()));
+            assert_eq!(backend.release(ip1).await, Err(BackendError::NotFound(ip1)));
+            backend.release(ip2).await.unwrap();
+            let status = backend.status().await.unwrap();
+            assert!(status.allocations.is_empty());
+            assert_eq!(status.available_macs, macs);
+        })
+    });
+    wait_for_leases(&lab, server, "both leases released", |l| {
+        active(l, ip1).is_none() && active(l, ip2).is_none()
+    });
+    assert!(stored_ids(&dir).is_empty());
+    assert!(our_links(&lab).is_empty(), "{:?}", our_links(&lab));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn allocate_and_release_with_kea() {
+    allocate_release_on(Server::Kea);
+}
+
+#[test]
+fn allocate_and_release_with_dnsmasq() {
+    allocate_release_on(Server::Dnsmasq);
+}
+
+#[test]
+fn allocate_and_release_with_dhcpd() {
+    allocate_release_on(Server::Dhcpd);
+}
+
+#[test]
+fn without_a_server_the_request_times_out_and_leaves_nothing() {
+    let lab = Lab::up().expect("lab up");
+    let dir = state_dir("timeout");
+    // A corrupt file from an earlier life is reported and skipped, not fatal.
+    std::fs::create_dir_all(dir.join("allocations")).unwrap();
+    let corrupt = dir.join("allocations/garbage.json");
+    std::fs::write(&corrupt, b"{\"id\":").unwrap();
+
+    lifetime(&lab, |rt| {
+        rt.block_on(async {
+            let backend = open(options(&lab, &dir, pool(1))).await;
+            let skipped: Vec<&Path> = backend
+                .skipped_files()
+                .iter()
+                .map(|s| s.path.as_path())
+                .collect();
+            assert_eq!(skipped, vec![corrupt.as_path()]);
+
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let outcome =
+                tokio::time::timeout(REQUEST_TIMEOUT, backend.allocate("default/web", deadline))
+                    .await
+                    .expect("the request answers (safety net)");
+            let Err(BackendError::Timeout { id }) = outcome else {
+                panic!("expected a timeout, got {outcome:?}");
+            };
+            assert!(!id.is_empty());
+            let status = backend.status().await.unwrap();
+            assert!(status.allocations.is_empty(), "{status:?}");
+            assert_eq!(status.available_macs, pool(1));
+            assert!(backend.manager().keys().is_empty());
+            assert!(!stored_ids(&dir).contains(&id));
+            assert!(our_links(&lab).is_empty(), "{:?}", our_links(&lab));
+
+            // The MAC really is free again: the next request can take it (and times out too).
+            let deadline = Instant::now() + Duration::from_millis(500);
+            assert!(matches!(
+                backend.allocate("default/web", deadline).await,
+                Err(BackendError::Timeout { .. })
+            ));
+        })
+    });
+    assert_eq!(stored_ids(&dir), vec!["garbage".to_string()]);
+    assert!(our_links(&lab).is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_restart_resumes_the_same_addresses_without_discover() {
+    let lab = Lab::up().expect("lab up");
+    start_server(&lab, Server::Kea);
+    let dir = state_dir("restart");
+    let macs = pool(2);
+
+    let before = lifetime(&lab, |rt| {
+        rt.block_on(async {
+            let backend = open(options(&lab, &dir, macs.clone())).await;
+            let a = backend.allocate("default/a", deadline()).await.unwrap();
+            let b = backend.allocate("other/b", deadline()).await.unwrap();
+            vec![(a.id, a.ip.unwrap()), (b.id, b.ip.unwrap())]
+        })
+    });
+
+    let capture = lab.capture(lab.parent()).expect("capture");
+    let after = lifetime(&lab, |rt| {
+        rt.block_on(async {
+            let backend = open(options(&lab, &dir, macs.clone())).await;
+            // Resumed clients re-request their address (INIT-REBOOT); wait for the ACKs.
+            let started = Instant::now();
+            while !before.iter().all(|(id, _)| {
+                backend
+                    .manager()
+                    .status(id)
+                    .is_some_and(|s| s.state == State::Bound)
+            }) {
+                assert!(
+                    started.elapsed() < POLL_LIMIT,
+                    "resumed clients never bound"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let status = backend.status().await.unwrap();
+            assert!(status.available_macs.is_empty());
+            let mut after: Vec<(String, Ipv4Addr)> = status
+                .allocations
+                .iter()
+                .map(|a| (a.id.clone(), a.ip.unwrap()))
+                .collect();
+            after.sort();
+            assert_eq!(backend.ip_changes(), 0);
+            after
+        })
+    });
+    let frames = capture.stop().expect("capture readable");
+
+    let mut expected = before.clone();
+    expected.sort();
+    assert_eq!(after, expected, "same allocations, same addresses");
+    let ours: BTreeSet<[u8; 6]> = macs.iter().map(|m| m.0).collect();
+    let sent: Vec<_> = frames
+        .iter()
+        .filter(|f| f.dhcp.op == 1 && ours.contains(&f.dhcp.chaddr))
+        .collect();
+    assert!(
+        sent.iter()
+            .all(|f| f.message_type() != Some(MessageType::Discover)),
+        "no DISCOVER after a restart: {sent:#?}"
+    );
+    for (_, ip) in &before {
+        assert!(
+            sent.iter()
+                .any(|f| f.message_type() == Some(MessageType::Request)
+                    && f.dhcp.requested_ip == Some(*ip)
+                    && f.dhcp.server_id.is_none()),
+            "an INIT-REBOOT REQUEST for {ip}: {sent:#?}"
+        );
+    }
+    let leases = lab.leases(Server::Kea).unwrap();
+    assert!(before.iter().all(|(_, ip)| active(&leases, *ip).is_some()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_allocation_left_pending_by_a_crash_is_released_at_open() {
+    let lab = Lab::up().expect("lab up");
+    start_server(&lab, Server::Kea);
+    let dir = state_dir("pending");
+    let macs = pool(2);
+
+    let bound = lifetime(&lab, |rt| {
+        rt.block_on(async {
+            let backend = open(options(&lab, &dir, macs.clone())).await;
+            backend.allocate("default/web", deadline()).await.unwrap()
+        })
+    });
+    let ip = bound.ip.unwrap();
+    wait_for_leases(&lab, Server::Kea, "lease active", |l| {
+        active(l, ip).is_some()
+    });
+    // Rewind the store to the moment between the ACK and the answer to the client: the lease
+    // is held but the client never learnt the address. Plus one crashed before any ACK.
+    let (store, loaded) = Store::open(&dir).unwrap();
+    let mut pending = loaded.allocations[0].clone();
+    pending.phase = Phase::Pending;
+    pending.handed_out_ip = None;
+    store.save_allocation(&pending).unwrap();
+    let mut unbound = pending.clone();
+    unbound.id = uuid::Uuid::new_v4().to_string();
+    unbound.mac = pool_mac(2);
+    unbound.record = None;
+    store.save_allocation(&unbound).unwrap();
+
+    lifetime(&lab, |rt| {
+        rt.block_on(async {
+            let backend = open(options(&lab, &dir, macs.clone())).await;
+            let status = backend.status().await.unwrap();
+            assert!(status.allocations.is_empty(), "{status:?}");
+            assert_eq!(status.available_macs, macs);
+            assert!(backend.manager().keys().is_empty());
+        })
+    });
+    assert!(stored_ids(&dir).is_empty());
+    assert!(our_links(&lab).is_empty(), "{:?}", our_links(&lab));
+    wait_for_leases(&lab, Server::Kea, "the pending lease released", |l| {
+        active(l, ip).is_none()
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn twenty_concurrent_allocations_are_all_kept_with_distinct_macs() {
+    let lab = Lab::up().expect("lab up");
+    start_server(&lab, Server::Kea);
+    let dir = state_dir("concurrent");
+    let macs = pool(24);
+
+    let allocations = lifetime(&lab, |rt| {
+        rt.block_on(async {
+            let backend = open(options(&lab, &dir, macs.clone())).await;
+            let requests = (0..20).map(|i| {
+                let backend = backend.clone();
+                tokio::spawn(
+                    async move { backend.allocate(&format!("load/svc{i}"), deadline()).await },
+                )
+            });
+            let mut allocations = Vec::new();
+            for outcome in futures::future::join_all(requests).await {
+                allocations.push(outcome.unwrap().expect("every allocation binds"));
+            }
+            let status = backend.status().await.unwrap();
+            assert_eq!(status.allocations.len(), 20);
+            assert_eq!(status.available_macs.len(), 4);
+            allocations
+        })
+    });
+    let distinct_macs: BTreeSet<MacAddr> = allocations.iter().map(|a| a.mac.unwrap()).collect();
+    let distinct_ips: BTreeSet<Ipv4Addr> = allocations.iter().map(|a| a.ip.unwrap()).collect();
+    assert_eq!(distinct_macs.len(), 20);
+    assert_eq!(distinct_ips.len(), 20);
+    assert_eq!(stored_ids(&dir).len(), 20);
+    let leases = wait_for_leases(&lab, Server::Kea, "20 leases active", |l| {
+        distinct_ips.iter().all(|ip| active(l, *ip).is_some())
+    });
+    for allocation in &allocations {
+        let lease = active(&leases, allocation.ip.unwrap()).unwrap();
+        let service = allocation.service.strip_prefix("load/").unwrap();
+        assert_eq!(
+            lease.hostname.as_deref(),
+            Some(format!("{service}.load").as_str())
+        );
+    }
+
+    lifetime(&lab, |rt| {
+        rt.block_on(async {
+            let backend = open(options(&lab, &dir, macs.clone())).await;
+            let releases = distinct_ips.iter().map(|ip| backend.release(*ip));
+            for outcome in futures::future::join_all(releases).await {
+                outcome.expect("release");
+            }
+            assert_eq!(backend.status().await.unwrap().available_macs, macs);
+        })
+    });
+    wait_for_leases(&lab, Server::Kea, "all released", |l| {
+        distinct_ips.iter().all(|ip| active(l, *ip).is_none())
+    });
+    assert!(stored_ids(&dir).is_empty());
+    assert!(our_links(&lab).is_empty(), "{:?}", our_links(&lab));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
