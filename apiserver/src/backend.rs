@@ -1,7 +1,6 @@
 //! The seam between the /v1 routes and whatever really obtains addresses (Kubernetes or standalone).
 
 pub mod fake;
-pub mod standalone;
 
 use std::net::Ipv4Addr;
 use std::time::Instant;
@@ -106,16 +105,8 @@ pub enum BackendError {
     Refused(String),
 }
 
-/// "ns/name" → "name.ns"; "name" stays "name" (the original's option-12 hostname).
-pub fn hostname_for_service(service: &str) -> String {
-    match service.split_once('/') {
-        Some((namespace, rest)) => {
-            let name = rest.split('/').next().unwrap_or(rest);
-            format!("{name}.{namespace}")
-        }
-        None => service.to_string(),
-    }
-}
+/// The option-12 hostname of a service ("ns/name" → "name.ns"), shared with the DHCP client.
+pub use dhcpmanager_operator::dhcp::hostname_for_service;
 
 /// `a.b.c.d/len` of the network a lease belongs to; None without a (contiguous) mask.
 pub fn lease_cidr(ip: Ipv4Addr, mask: Ipv4Addr) -> Option<String> {
@@ -131,14 +122,6 @@ pub fn lease_cidr(ip: Ipv4Addr, mask: Ipv4Addr) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hostname_is_name_dot_namespace_like_the_original() {
-        assert_eq!(hostname_for_service("default/web"), "web.default");
-        assert_eq!(hostname_for_service("web"), "web");
-        // the original truncated extra parts
-        assert_eq!(hostname_for_service("a/b/c"), "b.a");
-    }
 
     #[test]
     fn lease_cidr_masks_the_address() {

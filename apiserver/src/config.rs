@@ -118,9 +118,8 @@ impl Config {
         };
         let mut table: toml::Table = toml::from_str(&text)
             .map_err(|e| Error::ConfigInvalid(path.display().to_string(), e.to_string()))?;
-        for (key, value, origin) in env_overrides(env)? {
+        for (key, value) in env_overrides(env)? {
             table.insert(key.to_string(), value);
-            let _ = origin;
         }
         for (key, raw) in cli {
             let kind = kind_of(key).ok_or_else(|| {
@@ -177,10 +176,12 @@ fn kind_of(key: &str) -> Option<Kind> {
 }
 
 /// Known keys only: other `DHCP_*` variables (e.g. Kubernetes service links of a Service named
-/// `dhcp`) are none of our business.
+/// `dhcp`) are none of our business. When both spellings are set, the sorted-last name wins
+/// (`DHCP_MANAGE_INTERFACES` over `DHCP_MANAGE-INTERFACES`), so the outcome never depends on
+/// the environment's order.
 fn env_overrides(
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Vec<(&'static str, toml::Value, String)>, Error> {
+) -> Result<Vec<(&'static str, toml::Value)>, Error> {
     let mut found = Vec::new();
     for (name, raw) in env {
         let Some(suffix) = name.strip_prefix("DHCP_") else {
@@ -193,11 +194,13 @@ fn env_overrides(
         let value = parse_raw(*kind, &raw).map_err(|problem| {
             Error::ConfigInvalid(format!("environment variable {name}"), problem)
         })?;
-        found.push((*key, value, name));
+        found.push((name, *key, value));
     }
-    // Deterministic when both spellings are set: the sorted-last name wins.
-    found.sort_by(|a, b| a.2.cmp(&b.2));
-    Ok(found)
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(found
+        .into_iter()
+        .map(|(_, key, value)| (key, value))
+        .collect())
 }
 
 fn parse_raw(kind: Kind, raw: &str) -> Result<toml::Value, String> {

@@ -7,16 +7,14 @@ pub mod config;
 pub mod double_slash;
 pub mod error;
 pub mod etcd_mirror;
-pub mod mac;
 pub mod metrics;
 pub mod openapi;
 pub mod original_json;
 pub mod routes;
 pub mod server;
-pub mod store;
 pub mod wire;
 
 pub use backend::{Backend, BackendError};
 pub use config::Config;
+pub use dhcpmanager_operator::dhcp::MacAddr;
 pub use error::Error;
-pub use mac::MacAddr;

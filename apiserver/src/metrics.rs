@@ -83,7 +83,12 @@ pub async fn count_requests(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let state = request.app_data::<web::Data<AppState>>().cloned();
-    let method = request.method().to_string();
+    // Arbitrary method tokens are valid HTTP; only known ones become label values.
+    let method = match request.method().as_str() {
+        known @ ("GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS") => known,
+        _ => "other",
+    }
+    .to_string();
     let response = next.call(request).await?;
     if let Some(state) = state {
         let route = response

@@ -432,3 +432,31 @@ async fn openapi_document_is_served() {
     assert!(document["paths"]["/v1/ip"]["delete"]["requestBody"].is_object());
     running.stop().await;
 }
+
+#[tokio::test]
+async fn a_backend_that_ignores_its_deadline_is_cut_off_and_withdrawn() {
+    let timeout = Duration::from_secs(1);
+    let config = dhcpmanager_apiserver::Config {
+        request_timeout: timeout,
+        ..test_config()
+    };
+    let backend = FakeBackend::new(FakeBehaviour::Hang).with_macs([mac(1)]);
+    let running = start(config, backend).await;
+
+    let started = Instant::now();
+    let answer = fork_post(running.address, "/v1/ip", "default/web", None).await;
+    let took = started.elapsed();
+    assert_eq!(answer.status, 504, "{answer:?}");
+    let body = answer.assert_compact_json();
+    assert_eq!(body["status"], "timeout");
+    assert_eq!(body["ip"], "");
+    assert!(
+        took < timeout + Duration::from_secs(2),
+        "answered after {took:?}"
+    );
+    // The route dropped the backend's future; dropping must have withdrawn the request.
+    let status = running.backend.status().await.unwrap();
+    assert!(status.allocations.is_empty(), "{:?}", status.allocations);
+    assert_eq!(status.available_macs, vec![mac(1)]);
+    running.stop().await;
+}

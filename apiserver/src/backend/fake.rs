@@ -19,7 +19,10 @@ use crate::MacAddr;
 #[derive(Debug, Clone)]
 pub enum FakeBehaviour {
     BindAfter(Duration),
+    /// Honours the deadline: answers Timeout at it.
     NeverBind,
+    /// Ignores the deadline and never answers: only the caller dropping the future ends it.
+    Hang,
     Fail(BackendError),
 }
 
@@ -141,6 +144,7 @@ impl FakeBackend {
     /// Wait out the configured delay; false when the deadline comes first.
     async fn bound_before(delay: Option<Duration>, deadline: Instant) -> bool {
         match delay {
+            Some(Duration::MAX) => std::future::pending().await,
             Some(delay) if Instant::now() + delay <= deadline => {
                 tokio::time::sleep(delay).await;
                 true
@@ -166,6 +170,7 @@ impl Backend for FakeBackend {
                 FakeBehaviour::Fail(error) => return Err(error),
                 FakeBehaviour::BindAfter(delay) => Some(delay),
                 FakeBehaviour::NeverBind => None,
+                FakeBehaviour::Hang => Some(Duration::MAX),
             };
             let pending = self.begin(&service)?;
             self.notify();
