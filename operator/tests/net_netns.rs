@@ -337,6 +337,19 @@ fn create_macvlan_adopts_an_identical_link_and_replaces_a_different_one() {
             .unwrap();
         assert_eq!(first, again, "an identical link is adopted, not recreated");
 
+        // A restarted agent adopts a link whose alias or group got lost, and restores them.
+        run(&[
+            "ip", "-n", &ns, "link", "set", &name, "group", "default", "alias", "x",
+        ]);
+        let adopted = links
+            .create_macvlan("va", &name, mac_of(1), DEFAULT_LINK_GROUP, &alias)
+            .await
+            .unwrap();
+        assert_eq!(adopted, first);
+        let ours = links.list_ours(DEFAULT_LINK_GROUP).await.unwrap();
+        assert_eq!(ours.len(), 1);
+        assert_eq!(ours[0].alias.as_deref(), Some(alias.as_str()));
+
         let replaced = links
             .create_macvlan("va", &name, mac_of(2), DEFAULT_LINK_GROUP, &alias)
             .await
@@ -345,6 +358,36 @@ fn create_macvlan_adopts_an_identical_link_and_replaces_a_different_one() {
         let ours = links.list_ours(DEFAULT_LINK_GROUP).await.unwrap();
         assert_eq!(ours.len(), 1);
         assert_eq!(ours[0].mac, mac_of(2));
+
+        // Not a macvlan at all (a veth of the same name): replaced by our macvlan.
+        let other_name = link_name("test/not-macvlan");
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "link",
+            "add",
+            &other_name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vpeer",
+        ]);
+        links
+            .create_macvlan("va", &other_name, mac_of(4), DEFAULT_LINK_GROUP, &alias)
+            .await
+            .unwrap();
+        let details = run(&["ip", "-n", &ns, "-d", "-o", "link", "show", &other_name]);
+        assert!(details.contains("macvlan mode bridge"), "{details}");
+        let after_replace = links.list_ours(DEFAULT_LINK_GROUP).await.unwrap();
+        assert_eq!(after_replace.len(), 2);
+        let replacement = after_replace
+            .iter()
+            .find(|l| l.name == other_name)
+            .unwrap()
+            .ifindex;
+        links.delete(replacement).await.unwrap();
 
         let shown = run(&["ip", "-n", &ns, "-o", "link", "show", &name]);
         assert!(
