@@ -116,8 +116,11 @@ impl Config {
                 (path.to_path_buf(), text)
             }
         };
-        let mut table: toml::Table = toml::from_str(&text)
-            .map_err(|e| Error::ConfigInvalid(path.display().to_string(), e.to_string()))?;
+        let invalid_file =
+            |e: toml::de::Error| Error::ConfigInvalid(path.display().to_string(), e.to_string());
+        // The file alone first, so its errors point at its own lines.
+        toml::from_str::<Config>(&text).map_err(invalid_file)?;
+        let mut table: toml::Table = toml::from_str(&text).map_err(invalid_file)?;
         for (key, value) in env_overrides(env)? {
             table.insert(key.to_string(), value);
         }

@@ -128,7 +128,6 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error}");
             eprintln!("dhcpmanager-apiserver: {error}");
             ExitCode::FAILURE
         }
