@@ -80,6 +80,25 @@ fn ipv4_option(value: &[u8]) -> Option<Ipv4Addr> {
     (value.len() == 4).then(|| ipv4_at(value, 0))
 }
 
+/// A DISCOVER with the broadcast flag and client id 01 + MAC (as busybox udhcpc sends it).
+pub fn discover(mac: [u8; 6], xid: u32) -> DhcpMessage {
+    let mut client_id = vec![1];
+    client_id.extend_from_slice(&mac);
+    DhcpMessage {
+        op: 1,
+        xid,
+        broadcast_flag: true,
+        ciaddr: Ipv4Addr::UNSPECIFIED,
+        yiaddr: Ipv4Addr::UNSPECIFIED,
+        chaddr: mac,
+        message_type: Some(MessageType::Discover),
+        requested_ip: None,
+        server_id: None,
+        client_id: Some(client_id),
+        lease_time: None,
+    }
+}
+
 /// Decodes a BOOTP payload; `None` when it is too short or has no DHCP magic cookie.
 pub fn decode(b: &[u8]) -> Option<DhcpMessage> {
     if b.len() < FIXED_LEN + MAGIC_COOKIE.len() || b[FIXED_LEN..FIXED_LEN + 4] != MAGIC_COOKIE {

@@ -110,15 +110,6 @@ pub fn rebind_request(mac: [u8; 6], ip: Ipv4Addr, xid: u32) -> DhcpMessage {
     }
 }
 
-/// A DISCOVER with the broadcast flag and client id 01 + MAC.
-pub fn discover(mac: [u8; 6], xid: u32) -> DhcpMessage {
-    DhcpMessage {
-        message_type: Some(MessageType::Discover),
-        requested_ip: None,
-        ..init_reboot_request(mac, Ipv4Addr::UNSPECIFIED, xid)
-    }
-}
-
 /// UDP socket on 0.0.0.0:68 bound to `iface`: the device binding must come before bind(), and it
 /// lets several such sockets (one per macvlan) share port 68.
 fn client_socket(iface: &str) -> std::io::Result<UdpSocket> {

@@ -178,7 +178,7 @@ fn two_servers_on_two_addresses_both_offer() {
     let offers = probe::collect_replies(
         &lab.agent_ns(),
         "mv0",
-        &probe::discover(MAC, 0x5e1f_7e57),
+        &dhcpmanager_tests::bootp::discover(MAC, 0x5e1f_7e57),
         REPLY_WAIT,
         has_both,
     )
