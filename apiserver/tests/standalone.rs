@@ -20,7 +20,7 @@ use dhcpmanager_apiserver::store::{Phase, Store};
 use dhcpmanager_apiserver::{Config, MacAddr};
 use dhcpmanager_operator::dhcp::State;
 use dhcpmanager_tests::bootp::MessageType;
-use dhcpmanager_tests::lab::{Lab, Server, ServerLease, ServerOpts};
+use dhcpmanager_tests::lab::{Lab, SERVER_ADDR_2, Server, ServerLease, ServerOpts};
 use dhcpmanager_tests::netns::in_netns;
 
 /// Safety net for an exchange with a server that answers at once (not a timing assertion).
@@ -86,6 +86,20 @@ async fn open(options: StandaloneOptions) -> Arc<StandaloneBackend> {
 
 fn deadline() -> Instant {
     Instant::now() + REQUEST_TIMEOUT
+}
+
+/// A deadline no step of a test waits for.
+fn deadline_far() -> Instant {
+    Instant::now() + Duration::from_secs(120)
+}
+
+/// Polls `done` on the runtime until it holds (safety net: [`POLL_LIMIT`]).
+async fn wait_until(done: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < POLL_LIMIT, "condition never held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Names of our macvlans (dm + hash) in the agent namespace.
@@ -305,12 +319,39 @@ fn without_a_server_the_request_times_out_and_leaves_nothing() {
             assert!(!stored_ids(&dir).contains(&id));
             assert!(our_links(&lab).is_empty(), "{:?}", our_links(&lab));
 
-            // The MAC really is free again: the next request can take it (and times out too).
-            let deadline = Instant::now() + Duration::from_millis(500);
-            assert!(matches!(
-                backend.allocate("default/web", deadline).await,
-                Err(BackendError::Timeout { .. })
-            ));
+            // The MAC really is free again: the next request takes it. While it waits, the pool
+            // is empty and another request fails at once instead of queueing.
+            let waiting = {
+                let backend = backend.clone();
+                tokio::spawn(async move { backend.allocate("default/web", deadline_far()).await })
+            };
+            wait_until(|| backend.manager().keys().len() == 1).await;
+            assert_eq!(
+                backend.allocate("default/other", deadline_far()).await,
+                Err(BackendError::NoFreeMac)
+            );
+            let pending = backend.status().await.unwrap().allocations;
+            assert_eq!(pending.len(), 1);
+            assert_eq!(pending[0].state, AllocationState::Pending);
+
+            // The requester goes away (HTTP client disconnected): the request is withdrawn.
+            waiting.abort();
+            let started = Instant::now();
+            let backend_status = loop {
+                let status = backend.status().await.unwrap();
+                // The file goes after the in-memory entry, on the store's writer thread.
+                if status.allocations.is_empty() && !stored_ids(&dir).contains(&pending[0].id) {
+                    break status;
+                }
+                assert!(
+                    started.elapsed() < POLL_LIMIT,
+                    "never withdrawn: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            assert!(backend.manager().keys().is_empty());
+            assert_eq!(backend_status.available_macs, pool(1));
+            assert!(our_links(&lab).is_empty(), "{:?}", our_links(&lab));
         })
     });
     assert_eq!(stored_ids(&dir), vec!["garbage".to_string()]);
@@ -496,6 +537,84 @@ fn twenty_concurrent_allocations_are_all_kept_with_distinct_macs() {
     wait_for_leases(&lab, Server::Kea, "all released", |l| {
         distinct_ips.iter().all(|ip| active(l, *ip).is_none())
     });
+    assert!(stored_ids(&dir).is_empty());
+    assert!(our_links(&lab).is_empty(), "{:?}", our_links(&lab));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_nak_that_moves_the_address_is_counted_and_delete_still_finds_it() {
+    let lab = Lab::up().expect("lab up");
+    let first_range = (Ipv4Addr::new(10, 77, 0, 10), Ipv4Addr::new(10, 77, 0, 100));
+    lab.start(
+        Server::Kea,
+        ServerOpts {
+            range: first_range,
+            ..Default::default()
+        },
+    )
+    .expect("kea starts");
+    let dir = state_dir("nak");
+    let macs = pool(1);
+    let handed_out = lifetime(&lab, |rt| {
+        rt.block_on(async {
+            let backend = open(options(&lab, &dir, macs.clone())).await;
+            backend.allocate("default/web", deadline()).await.unwrap()
+        })
+    });
+    let old_ip = handed_out.ip.unwrap();
+
+    // While "down", the site replaces its server: another Kea, authoritative, with a pool that
+    // does not hold the old address. It NAKs the INIT-REBOOT and offers a new address.
+    lab.stop(Server::Kea).expect("kea stops");
+    lab.start(
+        Server::Kea,
+        ServerOpts {
+            addr: SERVER_ADDR_2,
+            authoritative: true,
+            range: (Ipv4Addr::new(10, 77, 0, 200), Ipv4Addr::new(10, 77, 0, 250)),
+            ..Default::default()
+        },
+    )
+    .expect("second kea starts");
+
+    let new_ip = lifetime(&lab, |rt| {
+        rt.block_on(async {
+            let backend = open(options(&lab, &dir, macs.clone())).await;
+            let started = Instant::now();
+            while backend.ip_changes() == 0 {
+                assert!(started.elapsed() < POLL_LIMIT, "no IP change was reported");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(backend.ip_changes(), 1);
+            let status = backend.status().await.unwrap();
+            let moved = &status.allocations[0];
+            assert_eq!(moved.id, handed_out.id);
+            let new_ip = moved.ip.unwrap();
+            assert_ne!(new_ip, old_ip);
+            // MetalLB only knows the address it was given: DELETE of that one must work.
+            let released = backend.release(old_ip).await.unwrap();
+            assert_eq!(released.id, handed_out.id);
+            assert!(backend.status().await.unwrap().allocations.is_empty());
+            new_ip
+        })
+    });
+    let range = 200..=250;
+    assert!(range.contains(&new_ip.octets()[3]), "{new_ip}");
+    let started = Instant::now();
+    loop {
+        let leases = lab
+            .leases_at(Server::Kea, SERVER_ADDR_2)
+            .expect("lease database");
+        if active(&leases, new_ip).is_none() {
+            break;
+        }
+        assert!(
+            started.elapsed() < POLL_LIMIT,
+            "{new_ip} never released: {leases:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(stored_ids(&dir).is_empty());
     assert!(our_links(&lab).is_empty(), "{:?}", our_links(&lab));
     std::fs::remove_dir_all(&dir).unwrap();
