@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod original_json;
 pub mod routes;
 pub mod server;
+pub mod store;
 pub mod wire;
 
 pub use backend::{Backend, BackendError};
