@@ -14,10 +14,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use dhcpmanager_apiserver::backend::standalone::{StandaloneBackend, StandaloneOptions};
 use dhcpmanager_apiserver::backend::{AllocationState, Backend, BackendError};
 use dhcpmanager_apiserver::store::{Phase, Store};
-use dhcpmanager_apiserver::{Config, MacAddr};
+use dhcpmanager_apiserver::{Config, MacAddr, server};
 use dhcpmanager_operator::dhcp::State;
 use dhcpmanager_tests::bootp::MessageType;
 use dhcpmanager_tests::lab::{Lab, SERVER_ADDR_2, Server, ServerLease, ServerOpts};
@@ -617,5 +619,58 @@ fn a_nak_that_moves_the_address_is_counted_and_delete_still_finds_it() {
     }
     assert!(stored_ids(&dir).is_empty());
     assert!(our_links(&lab).is_empty(), "{:?}", our_links(&lab));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_forks_requests_over_http_get_and_give_back_a_real_lease() {
+    let lab = Lab::up().expect("lab up");
+    start_server(&lab, Server::Kea);
+    let dir = state_dir("http");
+    let ip = lifetime(&lab, |rt| {
+        rt.block_on(async {
+            let backend = open(options(&lab, &dir, pool(1))).await;
+            let config = Config {
+                request_timeout: REQUEST_TIMEOUT,
+                ..common::test_config()
+            };
+            // Loopback of the agent namespace: the fork talks to the apiserver on the node.
+            let (http, address) = server::bind(config, backend.clone()).expect("binds");
+            let handle = http.handle();
+            tokio::spawn(http);
+
+            let body = "{\"service\":\"default/web\"}\n";
+            let answer = common::json_request(address, "POST", "/v1/ip", body).await;
+            let json = answer.assert_compact_json();
+            assert_eq!(json["status"], "success", "{answer:?}");
+            let ip: Ipv4Addr = json["ip"].as_str().unwrap().parse().unwrap();
+            assert!(in_lab_subnet(ip));
+
+            // The pool is empty now: the next POST fails at once with a non-success status.
+            let answer = common::json_request(address, "POST", "/v1/ip", body).await;
+            assert_ne!(
+                answer.assert_compact_json()["status"],
+                "success",
+                "{answer:?}"
+            );
+
+            let body = format!("{{\"ip\":\"{ip}\"}}\n");
+            let answer = common::json_request(address, "DELETE", "/v1/ip", &body).await;
+            assert_eq!(
+                answer.assert_compact_json()["status"],
+                "success",
+                "{answer:?}"
+            );
+            assert!(backend.status().await.unwrap().allocations.is_empty());
+            handle.stop(true).await;
+            ip
+        })
+    });
+    let leases = wait_for_leases(&lab, Server::Kea, "released", |l| active(l, ip).is_none());
+    assert!(
+        leases.iter().any(|l| l.ip == ip),
+        "Kea did lease {ip}: {leases:#?}"
+    );
+    assert!(stored_ids(&dir).is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }

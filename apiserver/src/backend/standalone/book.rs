@@ -110,22 +110,31 @@ impl Book {
 
     /// The pending allocation got its lease: it is handed out with the record's address.
     pub fn confirm(&mut self, id: &str, record: LeaseRecord) -> Option<StoredAllocation> {
-        let entry = self.allocations.get_mut(id)?;
+        let entry = self
+            .allocations
+            .get_mut(id)
+            .filter(|e| e.stored.phase == Phase::Pending)?;
         entry.stored.phase = Phase::Confirmed;
         entry.stored.handed_out_ip = Some(record.ip);
         entry.stored.record = Some(record);
         Some(entry.stored.clone())
     }
 
-    /// The allocation a DELETE of `ip` means: the address handed out or the one now leased.
-    /// Allocations being released are not found again.
+    /// The handed-out allocation a DELETE of `ip` means: the address handed out or the one now
+    /// leased. Pending allocations (nobody was given their address) and allocations being
+    /// released are not found. Should a moved allocation and a newer one both claim `ip`, the
+    /// one that was handed out `ip` and still holds it wins.
     pub fn find_by_ip(&self, ip: Ipv4Addr) -> Option<&Entry> {
-        self.allocations.values().find(|entry| {
-            let stored = &entry.stored;
-            stored.phase != Phase::Releasing
-                && (stored.handed_out_ip == Some(ip)
-                    || stored.record.as_ref().is_some_and(|r| r.ip == ip))
-        })
+        let holds = |e: &&Entry| e.stored.record.as_ref().is_some_and(|r| r.ip == ip);
+        let given = |e: &&Entry| e.stored.handed_out_ip == Some(ip);
+        let candidates = || {
+            self.allocations
+                .values()
+                .filter(|e| e.stored.phase == Phase::Confirmed)
+        };
+        candidates()
+            .find(|e| given(e) && holds(e))
+            .or_else(|| candidates().find(|e| given(e) || holds(e)))
     }
 
     pub fn set_phase(&mut self, id: &str, phase: Phase) -> Option<StoredAllocation> {
@@ -311,8 +320,14 @@ mod tests {
     fn confirm_then_find_by_either_address() {
         let mut book = Book::new([mac(1)].into());
         let a = book.begin("a".into(), "ns/web").unwrap();
+        // bound but not yet answered: no DELETE can mean it
+        book.apply_record("a", Some(record([10, 77, 0, 20], a.mac)));
         assert!(book.find_by_ip(Ipv4Addr::new(10, 77, 0, 20)).is_none());
         book.confirm("a", record([10, 77, 0, 20], a.mac)).unwrap();
+        assert!(
+            book.confirm("a", record([10, 77, 0, 20], a.mac)).is_none(),
+            "confirmed once"
+        );
         assert_eq!(
             book.find_by_ip(Ipv4Addr::new(10, 77, 0, 20))
                 .unwrap()
@@ -338,11 +353,24 @@ mod tests {
         );
         book.set_phase("a", Phase::Releasing);
         assert!(book.find_by_ip(Ipv4Addr::new(10, 77, 0, 30)).is_none());
+        assert!(book.confirm("a", record([10, 77, 0, 30], a.mac)).is_none());
         assert!(book.snapshot().allocations.is_empty());
         assert!(
             book.free_macs().is_empty(),
             "the MAC stays taken until removed"
         );
+    }
+
+    #[test]
+    fn delete_prefers_the_allocation_that_was_given_the_address_and_holds_it() {
+        let mut book = Book::new([mac(1), mac(2)].into());
+        let moved = book.begin("moved".into(), "a").unwrap();
+        book.confirm("moved", record([10, 77, 0, 20], moved.mac));
+        book.apply_record("moved", Some(record([10, 77, 0, 30], moved.mac)));
+        let newer = book.begin("newer".into(), "b").unwrap();
+        book.confirm("newer", record([10, 77, 0, 20], newer.mac));
+        let found = book.find_by_ip(Ipv4Addr::new(10, 77, 0, 20)).unwrap();
+        assert_eq!(found.stored.id, "newer");
     }
 
     #[test]
