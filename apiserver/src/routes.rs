@@ -116,25 +116,19 @@ async fn obtain_ip(state: web::Data<AppState>, body: web::Json<Value>) -> HttpRe
                 wire::json(StatusCode::INTERNAL_SERVER_ERROR, &answer)
             }
         },
-        Err(BackendError::Timeout { id }) => {
-            state.metrics.observe_allocation(TIMEOUT, started.elapsed());
-            tracing::warn!(
-                service,
-                id,
-                "no lease before the request timeout; withdrawn"
-            );
+        Err(error) => {
+            let (status, id) = match &error {
+                BackendError::Timeout { id } => (TIMEOUT, id.clone()),
+                _ => (ERROR, String::new()),
+            };
+            state.metrics.observe_allocation(status, started.elapsed());
+            tracing::warn!(service, id, %error, "no address");
             let answer = IpAnswer {
                 ip: String::new(),
                 id,
-                status: TIMEOUT,
-                error: Some(BackendError::Timeout { id: String::new() }.to_string()),
+                status,
+                error: Some(error.to_string()),
             };
-            wire::json(StatusCode::GATEWAY_TIMEOUT, &answer)
-        }
-        Err(error) => {
-            state.metrics.observe_allocation(ERROR, started.elapsed());
-            tracing::warn!(service, %error, "allocation failed");
-            let answer = wire::ip_error("", "", error.to_string());
             wire::json(backend_status(&error), &answer)
         }
     }

@@ -2,7 +2,7 @@
 //! any 5xx, schema violation, undocumented status code or wrong content type fails the test.
 //!
 //! Needs the `st` CLI: `scripts/schemathesis.sh` installs it into a venv and runs this test
-//! (`--ignored`), or set SCHEMATHESIS=/path/to/st.
+//! (`--ignored`), or set SCHEMATHESIS=/path/to/st. SCHEMATHESIS_MAX_EXAMPLES (default 30) per operation.
 
 mod common;
 
@@ -34,11 +34,18 @@ async fn fuzz(token: Option<&str>) {
     let backend = FakeBackend::new(FakeBehaviour::BindAfter(Duration::ZERO)).synthesizing_macs();
     let running = start(config, backend).await;
 
+    let max_examples = std::env::var("SCHEMATHESIS_MAX_EXAMPLES").unwrap_or_else(|_| "30".into());
     let mut command = tokio::process::Command::new(&st);
     command
         .arg("run")
         .arg(format!("http://{}/v1/openapi.json", running.address))
-        .args(["--checks", "all", "--max-examples", "30", "--no-color"])
+        .args([
+            "--checks",
+            "all",
+            "--no-color",
+            "--max-examples",
+            &max_examples,
+        ])
         .kill_on_drop(true);
     if let Some(token) = token {
         command.args(["--header", &format!("X-Auth-Token: {token}")]);
