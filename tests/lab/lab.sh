@@ -44,7 +44,9 @@ srv_ns_of() { # NAME ADDR -> namespace holding ADDR
     *) die "addr must be $ADDR1 or $ADDR2, not '$2'" ;;
   esac
 }
-ns_exists() { ip netns list | awk '{print $1}' | grep -qxF "$1"; }
+# `ip netns list` fails ("Peer netns reference is invalid") while other namespaces are being deleted
+NETNS_DIR=/run/netns
+ns_exists() { [ -e "$NETNS_DIR/$1" ]; }
 
 # --- process bookkeeping: every process we start has a pid file; stop = kill that pid ---------------
 alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
@@ -194,9 +196,14 @@ start() {
   ip netns exec "$ns" "${cmd[@]}" >"$d/log" 2>&1 </dev/null &
   local pid=$!
   echo "$pid" >"$d/pid"
-  # ready when the server itself holds UDP port 67 in its namespace
+  # Ready when the server itself holds UDP port 67 in its namespace and, for Kea and dhcpd, which
+  # receive on a packet socket, that socket is bound to the interface too: Kea binds UDP 67
+  # *before* its packet socket, and a request sent in between is lost.
   for _ in $(seq 1 100); do
-    if ip netns exec "$ns" ss -H -uanp 'sport = :67' | grep -q "pid=$pid,"; then return 0; fi
+    if ip netns exec "$ns" ss -H -uanp 'sport = :67' | grep -q "pid=$pid," &&
+      { [ "$server" = dnsmasq ] || ip netns exec "$ns" ss -H -0 -p | grep -q ":$SRV_IFACE .*pid=$pid,"; }; then
+      return 0
+    fi
     alive "$pid" || { echo "lab.sh: $server died:" >&2; tail -20 "$d/log" >&2; rm -f "$d/pid"; exit 1; }
     sleep 0.1
   done

@@ -4,7 +4,6 @@
 //! Needs root and the Debian packages from scripts/install-deps.sh.
 
 use std::net::Ipv4Addr;
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dhcpmanager_tests::bootp::MessageType;
@@ -25,12 +24,13 @@ fn in_lab_subnet(ip: Ipv4Addr) -> bool {
     ip.octets()[..3] == [10, 77, 0]
 }
 
+/// The named network namespaces, as `ip netns list` finds them (read directly: `ip netns list`
+/// fails while other tests delete their namespaces).
 fn namespaces() -> String {
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns list");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let entries = std::fs::read_dir("/run/netns").expect("/run/netns");
+    entries
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned() + "\n")
+        .collect()
 }
 
 fn process_exists(pid: u32) -> bool {
