@@ -237,7 +237,7 @@ impl Shared {
                     let count = self.ip_changes.fetch_add(1, Ordering::Relaxed) + 1;
                     error!(
                         id, service = %stored.service, %old, %new, ip_changes = count,
-                        "the DHCP server moved a handed-out address: the client still uses the old IP"
+                        "the DHCP server moved a handed-out address: whoever was given the old IP (MetalLB) still announces it"
                     );
                     self.writer.save_in_background(stored);
                 }

@@ -22,6 +22,8 @@ pub struct Entry {
     pub stored: StoredAllocation,
     /// The link the manager runs it on, once started.
     pub link: Option<(String, u32)>,
+    /// The address last held (or handed out): a new lease elsewhere is a move, reported once.
+    held_ip: Option<Ipv4Addr>,
 }
 
 #[derive(Debug, Default)]
@@ -80,8 +82,19 @@ impl Book {
     /// Records a loaded allocation; its MAC joins the pool (a MAC in use is always a pool MAC).
     pub fn insert(&mut self, stored: StoredAllocation) {
         self.pool.insert(stored.mac);
-        self.allocations
-            .insert(stored.id.clone(), Entry { stored, link: None });
+        let held_ip = stored
+            .record
+            .as_ref()
+            .map(|r| r.ip)
+            .or(stored.handed_out_ip);
+        self.allocations.insert(
+            stored.id.clone(),
+            Entry {
+                stored,
+                link: None,
+                held_ip,
+            },
+        );
     }
 
     /// Takes a free MAC for a new Pending allocation of `service`. Reserving the MAC and recording
@@ -116,6 +129,7 @@ impl Book {
             .filter(|e| e.stored.phase == Phase::Pending)?;
         entry.stored.phase = Phase::Confirmed;
         entry.stored.handed_out_ip = Some(record.ip);
+        entry.held_ip = Some(record.ip);
         entry.stored.record = Some(record);
         Some(entry.stored.clone())
     }
@@ -153,10 +167,15 @@ impl Book {
             return RecordChange::Unknown;
         };
         let stored = &mut entry.stored;
-        let moved = match (&stored.handed_out_ip, &record) {
-            (Some(old), Some(new)) if *old != new.ip => Some((*old, new.ip)),
+        let moved = match (entry.held_ip, &record) {
+            (Some(old), Some(new)) if old != new.ip && stored.phase == Phase::Confirmed => {
+                Some((old, new.ip))
+            }
             _ => None,
         };
+        if let Some(record) = &record {
+            entry.held_ip = Some(record.ip);
+        }
         stored.record = record;
         match moved {
             Some((old, new)) => {
@@ -340,6 +359,19 @@ mod tests {
             change,
             RecordChange::IpChanged { old, new, .. }
                 if old == Ipv4Addr::new(10, 77, 0, 20) && new == Ipv4Addr::new(10, 77, 0, 30)
+        ));
+        // renewing the new address, or losing it and getting it back, is not another move
+        assert!(matches!(
+            book.apply_record("a", Some(record([10, 77, 0, 30], a.mac))),
+            RecordChange::Updated(_)
+        ));
+        assert!(matches!(
+            book.apply_record("a", None),
+            RecordChange::Updated(_)
+        ));
+        assert!(matches!(
+            book.apply_record("a", Some(record([10, 77, 0, 30], a.mac))),
+            RecordChange::Updated(_)
         ));
         // the client knows .20, the lease is now .30: both name the allocation
         assert!(book.find_by_ip(Ipv4Addr::new(10, 77, 0, 20)).is_some());
