@@ -14,4 +14,6 @@ pub enum Error {
     Serve(#[source] std::io::Error),
     #[error("no backend: {0}")]
     NoBackend(String),
+    #[error("standalone backend: {0}")]
+    Standalone(#[from] crate::backend::standalone::StandaloneError),
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use dhcpmanager_apiserver::backend::standalone::{StandaloneBackend, StandaloneOptions};
 use dhcpmanager_apiserver::config::{Config, Source};
 use dhcpmanager_apiserver::{Backend, Error, etcd_mirror, server};
 use tracing_subscriber::EnvFilter;
@@ -68,17 +69,29 @@ impl Cli {
     }
 }
 
-/// The real backends (Kubernetes, standalone) plug in here as they are written; the in-memory test
+/// The backend the configuration asks for, and what must run at shutdown. The in-memory test
 /// backend is deliberately not an option.
-fn backend_for(config: &Config) -> Result<Arc<dyn Backend>, Error> {
-    let mode = if config.standalone {
-        "standalone"
-    } else {
-        "kubernetes"
-    };
-    Err(Error::NoBackend(format!(
-        "the {mode} backend is not built into this binary yet; refusing to start"
-    )))
+async fn open_backend(config: &Config) -> Result<(Arc<dyn Backend>, Shutdown), Error> {
+    if config.standalone {
+        let backend = StandaloneBackend::open(StandaloneOptions::from_config(config)).await?;
+        return Ok((backend.clone(), Shutdown::Standalone(backend)));
+    }
+    Err(Error::NoBackend(
+        "the Kubernetes backend is not built into this binary yet; use --standalone".into(),
+    ))
+}
+
+enum Shutdown {
+    /// Stop the DHCP clients without releasing (leases stay valid for the next start) and flush.
+    Standalone(Arc<StandaloneBackend>),
+}
+
+impl Shutdown {
+    async fn run(self) {
+        match self {
+            Shutdown::Standalone(backend) => backend.shutdown().await,
+        }
+    }
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
@@ -87,7 +100,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         None => Source::Default,
     };
     let config = Config::load(source, std::env::vars(), &cli.overrides())?;
-    let backend = backend_for(&config)?;
+    let (backend, shutdown) = open_backend(&config).await?;
     let mirror = etcd_mirror::spawn(&config, backend.clone());
     let (server, address) = server::bind(config, backend)?;
     tracing::info!(%address, "serving /v1");
@@ -97,11 +110,12 @@ async fn run(cli: Cli) -> Result<(), Error> {
         tracing::info!("shutting down: finishing requests in flight");
         handle.stop(true).await;
     });
-    server.await.map_err(Error::Serve)?;
+    let served = server.await.map_err(Error::Serve);
     if let Some(mirror) = mirror {
         mirror.abort();
     }
-    Ok(())
+    shutdown.run().await;
+    served
 }
 
 async fn shutdown_signal() {
