@@ -79,15 +79,17 @@ fn server_leases_to_udhcpc(server: Server) {
         .filter(|f| f.dhcp.chaddr == MAC)
         .filter_map(|f| f.message_type())
         .collect();
-    assert_eq!(
-        ours,
-        [
-            MessageType::Discover,
-            MessageType::Offer,
-            MessageType::Request,
-            MessageType::Ack
-        ],
-        "DORA on the wire"
+    // in this order, with room for retransmissions when the machine is busy
+    let dora = [
+        MessageType::Discover,
+        MessageType::Offer,
+        MessageType::Request,
+        MessageType::Ack,
+    ];
+    let mut on_wire = ours.iter();
+    assert!(
+        dora.iter().all(|t| on_wire.any(|seen| seen == t)),
+        "DORA on the wire: {ours:?}"
     );
     let ack = frames
         .iter()
