@@ -141,14 +141,14 @@ impl FakeBackend {
         Some(allocation)
     }
 
-    /// Wait out the configured delay; false when the deadline comes first.
-    async fn bound_before(delay: Option<Duration>, deadline: Instant) -> bool {
-        match delay {
-            Some(Duration::MAX) => std::future::pending().await,
-            Some(delay) if Instant::now() + delay <= deadline => {
-                tokio::time::sleep(delay).await;
+    /// Wait as the behaviour says; false when the deadline comes first.
+    async fn bound_before(behaviour: &FakeBehaviour, deadline: Instant) -> bool {
+        match behaviour {
+            FakeBehaviour::BindAfter(delay) if Instant::now() + *delay <= deadline => {
+                tokio::time::sleep(*delay).await;
                 true
             }
+            FakeBehaviour::Hang => std::future::pending().await,
             _ => {
                 tokio::time::sleep_until(deadline.into()).await;
                 false
@@ -166,12 +166,9 @@ impl Backend for FakeBackend {
         let service = service.to_string();
         Box::pin(async move {
             let behaviour = self.behaviour.lock().unwrap().clone();
-            let delay = match behaviour {
-                FakeBehaviour::Fail(error) => return Err(error),
-                FakeBehaviour::BindAfter(delay) => Some(delay),
-                FakeBehaviour::NeverBind => None,
-                FakeBehaviour::Hang => Some(Duration::MAX),
-            };
+            if let FakeBehaviour::Fail(error) = behaviour {
+                return Err(error);
+            }
             let pending = self.begin(&service)?;
             self.notify();
             // Dropped mid-wait (client went away): withdraw, as a real backend must.
@@ -180,7 +177,7 @@ impl Backend for FakeBackend {
                 id: pending.id.clone(),
                 armed: true,
             };
-            let in_time = Self::bound_before(delay, deadline).await;
+            let in_time = Self::bound_before(&behaviour, deadline).await;
             guard.disarm();
             let outcome = match in_time {
                 true => self
