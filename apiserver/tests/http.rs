@@ -200,6 +200,7 @@ async fn bad_post_bodies_are_4xx_json_and_change_nothing() {
     };
     let running = start_binding(config, 2).await;
     let too_large = format!("{{\"service\":\"{}\"}}", "a".repeat(2048));
+    let too_long = format!("{{\"service\":\"{}\"}}", "a".repeat(254));
     let cases: Vec<(&str, u16)> = vec![
         ("", 400),
         ("{", 400),
@@ -210,6 +211,7 @@ async fn bad_post_bodies_are_4xx_json_and_change_nothing() {
         (r#"{"service":null}"#, 400),
         (r#"{"service":""}"#, 400),
         (r#"{"name":"default/web"}"#, 400),
+        (&too_long, 400),
         (&too_large, 413),
     ];
     for (body, code) in cases {
