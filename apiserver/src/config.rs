@@ -268,18 +268,19 @@ pub fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), String> {
 mod tests {
     use super::*;
 
-    fn write(name: &str, text: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("dhcpmanager-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
+    /// Loads `text` as an explicit file that exists only for the duration of the call.
     fn load(text: &str, env: &[(&str, &str)], cli: &[(&str, String)]) -> Result<Config, Error> {
-        let path = write(&format!("{}.toml", text.len() + env.len() * 1000), text);
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "dhcpmanager-config-{}-{n}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).unwrap();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        Config::load(Source::Explicit(&path), env, cli)
+        let loaded = Config::load(Source::Explicit(&path), env, cli);
+        std::fs::remove_file(&path).unwrap();
+        loaded
     }
 
     #[test]
