@@ -72,6 +72,10 @@ pub struct AgentArgs {
     pub rate: f64,
     #[arg(long, default_value_t = 100)]
     pub burst: u32,
+    /// Create the macvlans and DHCP sockets in this network namespace (e.g. /proc/1/ns/net, the
+    /// host's, when the agent runs in the pod network) instead of the agent's own.
+    #[arg(long)]
+    pub link_netns: Option<std::path::PathBuf>,
     /// Divide every DHCP protocol wait by this factor (tests only).
     #[arg(long, default_value_t = 1.0, hide = true)]
     pub time_scale: f64,
@@ -324,10 +328,16 @@ pub async fn run(args: AgentArgs, config: crate::config::Config) -> Result<(), E
         resync: args.resync,
         time_scale: args.time_scale,
     };
+    let netns = match &args.link_netns {
+        Some(path) => crate::net::NetNs::open(path)
+            .map_err(|e| Error::ConfigInvalid("--link-netns".into(), e.to_string()))?,
+        None => crate::net::NetNs::current(),
+    };
     let manager = LeaseManager::new(
         ManagerConfig {
             rate_per_second: args.rate,
             burst: args.burst,
+            netns,
             ..ManagerConfig::default()
         },
         // Records reach the API through the status watch; nothing else to persist.

@@ -44,6 +44,8 @@ pub(super) struct Driver {
     pub commands: mpsc::Receiver<Command>,
     pub counters: Arc<Counters>,
     pub probe_timing: ProbeTiming,
+    /// Where the link's sockets are created.
+    pub netns: crate::net::NetNs,
     /// Whether the leased IP is configured on the link.
     pub assign_ip: bool,
     /// The address currently configured on the link (only when the IP is assigned).
@@ -121,13 +123,19 @@ impl Driver {
                     }
                 }
                 Action::Probe(ip) => {
-                    let conflict = arp::probe(
-                        self.ifindex,
-                        self.socket.mac(),
-                        ip,
-                        self.probe_timing,
-                    )
-                    .await
+                    let conflict = match self.netns.run(|| arp::arp_socket(self.ifindex)) {
+                        Ok(Ok(fd)) => {
+                            arp::probe_on(
+                                fd,
+                                self.ifindex,
+                                self.socket.mac(),
+                                ip,
+                                self.probe_timing,
+                            )
+                            .await
+                        }
+                        Ok(Err(error)) | Err(error) => Err(error),
+                    }
                     .unwrap_or_else(|error| {
                         // A probe that cannot run must not block the lease: RFC 5227 probing
                         // is a SHOULD. Report it and carry on as if no conflict was seen.

@@ -25,6 +25,7 @@ pub use spec::{AddressSpec, AddressStatus, KeyedEvent};
 
 use crate::dhcp::{Client, LeaseRecord, State};
 use crate::error::Error;
+use crate::net::NetNs;
 use crate::net::arp::ProbeTiming;
 use crate::net::links::{self, Links};
 use crate::net::packet_socket::DhcpSocket;
@@ -45,6 +46,8 @@ pub struct ManagerConfig {
     pub burst: u32,
     /// RFC 5227 probe timing (used when a client has ARP probing on).
     pub probe_timing: ProbeTiming,
+    /// The network namespace of the links and sockets (default: the caller's).
+    pub netns: NetNs,
 }
 
 impl Default for ManagerConfig {
@@ -54,6 +57,7 @@ impl Default for ManagerConfig {
             rate_per_second: 500.0,
             burst: 100,
             probe_timing: ProbeTiming::RFC5227,
+            netns: NetNs::current(),
         }
     }
 }
@@ -82,9 +86,15 @@ struct Inner {
 }
 
 impl LeaseManager {
-    /// A manager working in the calling thread's network namespace, on the current runtime.
+    /// A manager whose links live in `config.netns`, on the current runtime.
     pub fn new(config: ManagerConfig, persist: PersistFn) -> Result<Self, Error> {
-        let links = Links::connect()?;
+        let links = config
+            .netns
+            .run(Links::connect)
+            .map_err(|source| Error::Socket {
+                interface: "rtnetlink".into(),
+                source,
+            })??;
         let (events, _) = broadcast::channel(4096);
         Ok(LeaseManager {
             inner: Arc::new(Inner {
@@ -136,7 +146,7 @@ impl LeaseManager {
                 &links::link_alias(&spec.key),
             )
             .await?;
-        let socket = match DhcpSocket::open(ifindex, mac.octets()) {
+        let socket = match self.open_socket(ifindex, mac) {
             Ok(socket) => socket,
             Err(error) => {
                 // Leave nothing behind for an address we could not start.
@@ -192,6 +202,7 @@ impl LeaseManager {
             commands: commands_rx,
             counters: self.inner.counters.clone(),
             probe_timing: self.inner.config.probe_timing,
+            netns: self.inner.config.netns.clone(),
             assign_ip,
             assigned,
         };
@@ -206,6 +217,13 @@ impl LeaseManager {
             },
         );
         Ok(status_rx)
+    }
+
+    fn open_socket(&self, ifindex: u32, mac: crate::dhcp::MacAddr) -> std::io::Result<DhcpSocket> {
+        self.inner
+            .config
+            .netns
+            .run(|| DhcpSocket::open(ifindex, mac.octets()))?
     }
 
     /// Sends DHCPRELEASE for the address (if it holds a lease), stops it and deletes its link.
@@ -279,7 +297,7 @@ impl LeaseManager {
                 &links::link_alias(&spec.key),
             )
             .await?;
-        let result = DhcpSocket::open(ifindex, spec.client.mac.octets()).map(|socket| {
+        let result = self.open_socket(ifindex, spec.client.mac).map(|socket| {
             let now = Utc::now();
             let mut client = Client::resume(spec.client, record, now, rand::random());
             for action in client.release(now) {

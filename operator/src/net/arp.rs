@@ -4,6 +4,7 @@
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use rand::Rng;
@@ -89,6 +90,14 @@ pub fn is_conflict(packet: &[u8], our_mac: [u8; 6], ip: Ipv4Addr) -> bool {
     }
 }
 
+/// An ARP packet socket on one interface, opened in the calling thread's network namespace
+/// (see [`crate::net::NetNs`] for opening it elsewhere).
+pub fn arp_socket(ifindex: u32) -> io::Result<OwnedFd> {
+    let fd = packet_socket(ETH_P_ARP)?;
+    bind_to_interface(fd.as_raw_fd(), ifindex, ETH_P_ARP)?;
+    Ok(fd)
+}
+
 /// Probes for `ip` on interface `ifindex` from `mac`; `Ok(true)` means the address is in use.
 /// Runs in the calling thread's network namespace, inside a tokio runtime.
 pub async fn probe(
@@ -97,8 +106,17 @@ pub async fn probe(
     ip: Ipv4Addr,
     timing: ProbeTiming,
 ) -> io::Result<bool> {
-    let fd = packet_socket(ETH_P_ARP)?;
-    bind_to_interface(fd.as_raw_fd(), ifindex, ETH_P_ARP)?;
+    probe_on(arp_socket(ifindex)?, ifindex, mac, ip, timing).await
+}
+
+/// [`probe`] on a socket from [`arp_socket`].
+pub async fn probe_on(
+    fd: OwnedFd,
+    ifindex: u32,
+    mac: [u8; 6],
+    ip: Ipv4Addr,
+    timing: ProbeTiming,
+) -> io::Result<bool> {
     // SAFETY: we own this fd and keep it open, unreplaced, for as long as the AsyncFd lives.
     let fd = unsafe { AsyncFd::register(fd)? };
     let dest = link_address(ifindex, ETH_P_ARP, BROADCAST_MAC);

@@ -7,8 +7,10 @@ pub mod arp;
 pub mod bpf;
 pub mod frame;
 pub mod links;
+pub mod netns;
 pub mod packet_socket;
 
 pub use arp::{ProbeTiming, probe};
 pub use links::{DEFAULT_LINK_GROUP, LinkError, Links, OwnedLink, link_alias, link_name};
+pub use netns::NetNs;
 pub use packet_socket::{DhcpSocket, Received};
