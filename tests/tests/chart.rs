@@ -1,0 +1,1111 @@
+//! The Helm chart (`charts/dhcpmanager`), the Grafana dashboard and the shipped configs, checked
+//! with the real tools: `helm lint`/`helm template` (helm 3.19), server-side apply to a real
+//! kube-apiserver (every object validated by the server, CRDs included), RBAC probed with the
+//! ServiceAccounts' own tokens, every dashboard expression parsed by `promtool`, and the
+//! rendered TOML read by the agent's own configuration loader.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use dhcpmanager_tests::controlplane::{ControlPlane, tools_bin_dir};
+use serde_json::Value;
+
+/// The version of the test kube-apiserver. The locally built helm would otherwise assume v1.20
+/// (no version stamped in), and `.Capabilities` should describe the server the tests apply to.
+const KUBE_VERSION: &str = "1.34.4";
+
+/// A stand-in for the Prometheus Operator's CRD: enough for the server to accept (and so
+/// validate the envelope of) the chart's ServiceMonitors.
+const SERVICE_MONITOR_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: servicemonitors.monitoring.coreos.com
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {plural: servicemonitors, singular: servicemonitor, kind: ServiceMonitor}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            x-kubernetes-preserve-unknown-fields: true
+"#;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests crate lives inside the workspace")
+        .to_path_buf()
+}
+
+fn chart_dir() -> PathBuf {
+    repo_root().join("charts/dhcpmanager")
+}
+
+fn tool(name: &str) -> PathBuf {
+    let path = tools_bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} missing; build it with scripts/install-k8s-tools.sh --all",
+        path.display()
+    );
+    path
+}
+
+fn run(command: &mut Command, stdin: Option<&str>) -> Output {
+    command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    if let Some(input) = stdin {
+        use std::io::Write;
+        let mut pipe = child.stdin.take().expect("stdin was piped");
+        pipe.write_all(input.as_bytes()).expect("stdin written");
+    }
+    child.wait_with_output().expect("child waited for")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn must(command: &mut Command, stdin: Option<&str>) -> String {
+    let output = run(command, stdin);
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    text(&output.stdout)
+}
+
+fn helm(args: &[&str]) -> Command {
+    let mut command = Command::new(tool("helm"));
+    // Keep helm away from the user's repositories, caches and plugins.
+    let home = std::env::temp_dir().join(format!("dhcpmanager-helm-{}", std::process::id()));
+    command
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .args(args);
+    command
+}
+
+/// `helm template RELEASE charts/dhcpmanager -n NAMESPACE ARGS...`, as text.
+fn template(release: &str, namespace: &str, args: &[&str]) -> Output {
+    let chart = chart_dir();
+    let mut all = vec![
+        "template",
+        release,
+        chart.to_str().unwrap(),
+        "--namespace",
+        namespace,
+        "--kube-version",
+        KUBE_VERSION,
+    ];
+    all.extend_from_slice(args);
+    run(&mut helm(&all), None)
+}
+
+fn render(release: &str, namespace: &str, args: &[&str]) -> String {
+    let output = template(release, namespace, args);
+    assert!(
+        output.status.success(),
+        "helm template {args:?} failed:\n{}",
+        text(&output.stderr)
+    );
+    text(&output.stdout)
+}
+
+/// The rendered documents, parsed (empty documents dropped).
+fn objects(yaml: &str) -> Vec<Value> {
+    let documents: Vec<Value> = serde_saphyr::from_multiple(yaml).expect("rendered YAML parses");
+    documents.into_iter().filter(|d| !d.is_null()).collect()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| {
+            let have: Vec<String> = objects
+                .iter()
+                .map(|o| format!("{}/{}", o["kind"], o["metadata"]["name"]))
+                .collect();
+            panic!("no {kind} {name} among {have:?}")
+        })
+}
+
+fn kinds(objects: &[Value]) -> Vec<String> {
+    objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Lowercase kind (kubectl's resource prefix) and name of an object.
+fn kind_and_name(object: &Value) -> (String, String) {
+    (
+        object["kind"].as_str().unwrap().to_lowercase(),
+        object["metadata"]["name"].as_str().unwrap().to_string(),
+    )
+}
+
+fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+// ---- helm lint / template ---------------------------------------------------------------
+
+const ETCD_AUTH: &[&str] = &[
+    "--set",
+    "apiserver.etcd.enabled=true",
+    "--set",
+    "apiserver.etcd.endpoints={http://etcd-0.etcd:2379,http://etcd-1.etcd:2379}",
+    "--set",
+    "apiserver.auth.enabled=true",
+    "--set",
+    "apiserver.auth.token=0123456789abcdef-test-token",
+    "--set",
+    "serviceMonitor.enabled=false",
+];
+
+#[test]
+fn helm_lint_passes_with_default_and_non_default_values() {
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    let mut variants: Vec<Vec<&str>> = vec![vec![]];
+    variants.push(ETCD_AUTH.to_vec());
+    variants.push(vec![
+        "--set",
+        "serviceMonitor.enabled=true",
+        "--set",
+        "apiserver.enabled=false",
+        "--set",
+        "agent.macPool.create=false",
+    ]);
+    for extra in variants {
+        let mut args = vec!["lint", "--strict", chart, "--kube-version", KUBE_VERSION];
+        args.extend_from_slice(&extra);
+        let out = must(&mut helm(&args), None);
+        assert!(out.contains("0 chart(s) failed"), "{extra:?}: {out}");
+    }
+}
+
+#[test]
+fn default_values_render_least_privilege_agent_and_guarded_api() {
+    let docs = objects(&render("dhcpmanager", "metallb-system", &[]));
+    let kinds = kinds(&docs);
+    assert!(
+        !kinds.iter().any(|k| k == "ServiceMonitor"),
+        "ServiceMonitor is off by default: {kinds:?}"
+    );
+    assert!(
+        !kinds.iter().any(|k| k == "Secret"),
+        "no auth by default: {kinds:?}"
+    );
+    assert!(
+        !kinds.iter().any(|k| k == "CustomResourceDefinition"),
+        "CRDs come from crds/, not templates"
+    );
+
+    let agent = find(&docs, "DaemonSet", "dhcpmanager-agent");
+    let pod = &agent["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["serviceAccountName"], "dhcpmanager-agent");
+    assert_eq!(pod["enableServiceLinks"], false);
+    assert_eq!(
+        pod["tolerations"][0]["key"],
+        "node-role.kubernetes.io/control-plane"
+    );
+    assert_eq!(pod["nodeSelector"]["kubernetes.io/os"], "linux");
+    let container = &pod["containers"][0];
+    let security = &container["securityContext"];
+    assert_eq!(security["privileged"], false);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(
+        security["capabilities"]["add"],
+        serde_json::json!(["NET_ADMIN", "NET_RAW"])
+    );
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["ports"][0]["containerPort"], 9342);
+    let env = container["env"].as_array().unwrap();
+    let field = |name: &str| {
+        env.iter().find(|e| e["name"] == name).unwrap()["valueFrom"]["fieldRef"]["fieldPath"]
+            .clone()
+    };
+    assert_eq!(field("NODE_NAME"), "spec.nodeName");
+    assert_eq!(field("POD_NAMESPACE"), "metadata.namespace");
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[0], "agent");
+    assert!(args.contains(&"--config=/etc/dhcpmanager/dhcpmanager.toml"));
+    assert!(args.contains(&"--default-pool=default"));
+
+    // The fork's `url: http://dhcpmanager`: Service named after the release, 80 -> 8000.
+    let service = find(&docs, "Service", "dhcpmanager");
+    assert_eq!(service["spec"]["ports"][0]["port"], 80);
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "http");
+    let api = find(&docs, "Deployment", "dhcpmanager-apiserver");
+    let api_container = &api["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(api_container["ports"][0]["containerPort"], 8000);
+    assert_eq!(
+        api["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"],
+        true
+    );
+    assert_eq!(
+        api["spec"]["template"]["spec"]["serviceAccountName"],
+        "dhcpmanager-apiserver"
+    );
+    assert!(
+        api_container["capabilities"].is_null()
+            && api_container["securityContext"]["capabilities"]["add"].is_null(),
+        "the REST shim needs no capability"
+    );
+
+    let policy = find(&docs, "NetworkPolicy", "dhcpmanager-apiserver");
+    let from = &policy["spec"]["ingress"][0]["from"];
+    assert_eq!(from.as_array().unwrap().len(), 1);
+    assert_eq!(
+        from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "metallb-system"
+    );
+    let pdb = find(&docs, "PodDisruptionBudget", "dhcpmanager-apiserver");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+
+    let pool = find(&docs, "MacPool", "default");
+    assert_eq!(pool["spec"]["interface"], "eth0");
+    assert_eq!(pool["spec"]["ranges"][0]["count"], 256);
+    assert_eq!(
+        pool["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+
+    let dashboard = find(&docs, "ConfigMap", "dhcpmanager-dashboard");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let shipped: Value =
+        serde_json::from_str(dashboard["data"]["dhcpmanager.json"].as_str().unwrap())
+            .expect("the dashboard in the ConfigMap is JSON");
+    assert_eq!(shipped["uid"], "dhcpmanager");
+
+    let ksm = find(&docs, "ConfigMap", "dhcpmanager-kube-state-metrics");
+    let ksm_config = ksm["data"]["custom-resource-state.yaml"].as_str().unwrap();
+    check_kube_state_metrics_config(ksm_config);
+}
+
+#[test]
+fn etcd_and_auth_values_reach_the_apiserver() {
+    let docs = objects(&render("dm", "dhcp", ETCD_AUTH));
+    let secret = find(&docs, "Secret", "dm-dhcpmanager-auth");
+    assert_eq!(
+        secret["data"]["token"],
+        "MDEyMzQ1Njc4OWFiY2RlZi10ZXN0LXRva2Vu"
+    );
+    let api = find(&docs, "Deployment", "dm-dhcpmanager-apiserver");
+    let env = api["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    let token = env.iter().find(|e| e["name"] == "DHCP_AUTH_TOKEN").unwrap();
+    assert_eq!(
+        token["valueFrom"]["secretKeyRef"]["name"],
+        "dm-dhcpmanager-auth"
+    );
+    let config = find(&docs, "ConfigMap", "dm-dhcpmanager-config");
+    let toml = config["data"]["dhcpmanager.toml"].as_str().unwrap();
+    let parsed = load_with_the_agents_loader(toml);
+    assert_eq!(
+        parsed.etcd,
+        vec!["http://etcd-0.etcd:2379", "http://etcd-1.etcd:2379"]
+    );
+    assert_eq!(
+        parsed.auth_token, None,
+        "the token never goes into the ConfigMap"
+    );
+    assert!(!kinds(&docs).iter().any(|k| k == "ServiceMonitor"));
+    // A release not named like the chart gets prefixed names; the Service is still the prefix.
+    find(&docs, "Service", "dm-dhcpmanager");
+
+    // An existing Secret replaces the generated one.
+    let docs = objects(&render(
+        "dm",
+        "dhcp",
+        &[
+            "--set",
+            "apiserver.auth.enabled=true",
+            "--set",
+            "apiserver.auth.existingSecret=site-token",
+            "--set",
+            "apiserver.auth.existingSecretKey=metallb",
+        ],
+    ));
+    assert!(!kinds(&docs).iter().any(|k| k == "Secret"));
+    let api = find(&docs, "Deployment", "dm-dhcpmanager-apiserver");
+    let env = &api["spec"]["template"]["spec"]["containers"][0]["env"];
+    let token = env
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "DHCP_AUTH_TOKEN")
+        .unwrap();
+    assert_eq!(token["valueFrom"]["secretKeyRef"]["name"], "site-token");
+    assert_eq!(token["valueFrom"]["secretKeyRef"]["key"], "metallb");
+}
+
+#[test]
+fn rendered_configuration_is_read_by_the_agents_loader() {
+    let docs = objects(&render(
+        "dhcpmanager",
+        "metallb-system",
+        &[
+            "--set",
+            "agent.interface=bond1",
+            "--set",
+            "agent.assignInterfaces=true",
+            "--set",
+            "agent.macPool.macs={02:aa:bb:cc:dd:01,02:aa:bb:cc:dd:02}",
+            "--set",
+            "apiserver.cidrs={172.58.52.0/24,172.58.53.0/24}",
+            "--set",
+            "apiserver.requestTimeout=7s",
+            "--set",
+            "agent.extraConfig.client-timeout=3s",
+        ],
+    ));
+    let config = find(&docs, "ConfigMap", "dhcpmanager-config");
+    let parsed = load_with_the_agents_loader(config["data"]["dhcpmanager.toml"].as_str().unwrap());
+    assert_eq!(parsed.interface, "bond1");
+    assert!(parsed.assign_interfaces);
+    assert_eq!(
+        parsed
+            .macs
+            .iter()
+            .map(|m| m.to_string())
+            .collect::<Vec<_>>(),
+        vec!["02:aa:bb:cc:dd:01", "02:aa:bb:cc:dd:02"]
+    );
+    assert_eq!(parsed.cidrs, vec!["172.58.52.0/24", "172.58.53.0/24"]);
+    assert_eq!(parsed.request_timeout, std::time::Duration::from_secs(7));
+    assert_eq!(parsed.client_timeout, std::time::Duration::from_secs(3));
+    assert!(parsed.etcd.is_empty(), "no etcd mirror by default");
+    let pool = find(&docs, "MacPool", "default");
+    assert_eq!(pool["spec"]["interface"], "bond1");
+    assert_eq!(pool["spec"]["macs"][1], "02:aa:bb:cc:dd:02");
+}
+
+#[test]
+fn schema_and_required_values_refuse_bad_input() {
+    let refused = |args: &[&str], because: &str| {
+        let output = template("dhcpmanager", "metallb-system", args);
+        let stderr = text(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{args:?} rendered although it should not"
+        );
+        assert!(
+            stderr.contains(because),
+            "{args:?}: expected {because:?} in:\n{stderr}"
+        );
+    };
+    // MacPool MACs are lowercase (the CRD's pattern); the schema says so before the server does.
+    refused(
+        &["--set", "agent.macPool.macs={02:AA:BB:CC:DD:01}"],
+        "/agent/macPool/macs/0",
+    );
+    refused(
+        &["--set", "apiserver.auth.enabled=true"],
+        "/apiserver/auth/token",
+    );
+    refused(&["--set", "agent.metricsPort=0"], "/agent/metricsPort");
+    refused(&["--set", "agent.typo=1"], "typo");
+    // A managed key in extraConfig would be a duplicate TOML key.
+    refused(
+        &["--set", "agent.extraConfig.interface=eth1"],
+        "invalid propertyName 'interface'",
+    );
+    refused(
+        &["--set", "apiserver.cidrs={192.168.0.0}"],
+        "/apiserver/cidrs/0",
+    );
+}
+
+#[test]
+fn service_monitor_needs_its_api_and_the_value() {
+    let on = ["--set", "serviceMonitor.enabled=true"];
+    let without_api = render("dhcpmanager", "metallb-system", &on);
+    assert!(!kinds(&objects(&without_api)).contains(&"ServiceMonitor".to_string()));
+    let mut with_api = on.to_vec();
+    with_api.extend_from_slice(&["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"]);
+    let docs = objects(&render("dhcpmanager", "metallb-system", &with_api));
+    let monitor = find(&docs, "ServiceMonitor", "dhcpmanager-agent");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    find(&docs, "ServiceMonitor", "dhcpmanager-apiserver");
+    let headless = find(&docs, "Service", "dhcpmanager-agent-metrics");
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+}
+
+#[test]
+fn network_policy_follows_the_allowed_sources() {
+    let render_policy = |args: &[&str]| {
+        let docs = objects(&render("dhcpmanager", "metallb-system", args));
+        find(&docs, "NetworkPolicy", "dhcpmanager-apiserver").clone()
+    };
+    let policy = render_policy(&[
+        "--set",
+        "apiserver.networkPolicy.allowedNamespaces={metallb-system,lb}",
+        "--set",
+        "apiserver.networkPolicy.allowedPodLabels.component=controller",
+    ]);
+    let from = policy["spec"]["ingress"][0]["from"].as_array().unwrap();
+    assert_eq!(from.len(), 2);
+    assert_eq!(
+        from[1]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "lb"
+    );
+    assert_eq!(
+        from[1]["podSelector"]["matchLabels"]["component"],
+        "controller"
+    );
+    // Nobody allowed means nobody, not everybody (a rule without `from` admits all).
+    let closed = render_policy(&["--set", "apiserver.networkPolicy.allowedNamespaces=null"]);
+    assert_eq!(closed["spec"]["ingress"], serde_json::json!([]));
+    assert_eq!(
+        closed["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
+    );
+}
+
+// ---- the real kube-apiserver ------------------------------------------------------------
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(tool("kubectl"));
+    command.arg("--kubeconfig").arg(kubeconfig).args(args);
+    command
+}
+
+fn apply_server_side(cp: &ControlPlane, yaml: &str) -> String {
+    must(
+        &mut kubectl(
+            &cp.kubeconfig_path(),
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=chart-test",
+                "-f",
+                "-",
+            ],
+        ),
+        Some(yaml),
+    )
+}
+
+/// CRDs of the chart and the ServiceMonitor stand-in, established. Idempotent per binary.
+fn install_crds(cp: &ControlPlane) {
+    static ONCE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut done = ONCE.lock().unwrap_or_else(|p| p.into_inner());
+    if *done {
+        return;
+    }
+    let crds = std::fs::read_to_string(chart_dir().join("crds/dhcpmanager.io_crds.yaml"))
+        .expect("the chart's CRDs exist");
+    apply_server_side(cp, &crds);
+    apply_server_side(cp, SERVICE_MONITOR_CRD);
+    must(
+        &mut kubectl(
+            &cp.kubeconfig_path(),
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/dhcpaddresses.dhcpmanager.io",
+                "crd/macpools.dhcpmanager.io",
+                "crd/servicemonitors.monitoring.coreos.com",
+            ],
+        ),
+        None,
+    );
+    *done = true;
+}
+
+/// Renders a release into a fresh namespace and applies it server-side; returns (namespace,
+/// release, rendered objects).
+fn install(cp: &ControlPlane, extra: &[&str]) -> (String, String, Vec<Value>) {
+    install_crds(cp);
+    let namespace = cp.create_namespace("chart").expect("namespace created");
+    let release = unique("dm");
+    let pool = unique("pool");
+    let pool_value = format!("agent.defaultPool={pool}");
+    let mut args = vec![
+        "--api-versions",
+        "monitoring.coreos.com/v1/ServiceMonitor",
+        "--set",
+        &pool_value,
+    ];
+    args.extend_from_slice(extra);
+    let yaml = render(&release, &namespace, &args);
+    let applied = apply_server_side(cp, &yaml);
+    let docs = objects(&yaml);
+    for object in &docs {
+        let (kind, name) = kind_and_name(object);
+        assert!(
+            applied.lines().any(
+                |l| l.starts_with(&kind) && l.ends_with(&format!("/{name} serverside-applied"))
+            ),
+            "{kind}/{name} missing from:\n{applied}"
+        );
+    }
+    (namespace, release, docs)
+}
+
+#[test]
+fn chart_applies_server_side_with_default_and_non_default_values() {
+    let cp = ControlPlane::shared();
+    for extra in [
+        vec!["--set", "serviceMonitor.enabled=true"],
+        ETCD_AUTH.to_vec(),
+    ] {
+        let (namespace, release, docs) = install(cp, &extra);
+        // What the server stored is what was rendered (nothing pruned or defaulted away).
+        let stored = must(
+            &mut kubectl(
+                &cp.kubeconfig_path(),
+                &[
+                    "-n",
+                    &namespace,
+                    "get",
+                    "daemonset,deployment,service,configmap,serviceaccount,role,rolebinding,poddisruptionbudget,networkpolicy,servicemonitor,secret",
+                    "-o",
+                    "name",
+                ],
+            ),
+            None,
+        );
+        for object in docs
+            .iter()
+            .filter(|o| o["metadata"]["namespace"].is_string())
+        {
+            let (kind, name) = kind_and_name(object);
+            assert!(
+                stored
+                    .lines()
+                    .any(|l| l.starts_with(&kind) && l.ends_with(&format!("/{name}"))),
+                "{kind}/{name} not stored in {namespace} ({release}):\n{stored}"
+            );
+        }
+        let pool = docs
+            .iter()
+            .find(|o| o["kind"] == "MacPool")
+            .expect("a MacPool is rendered");
+        let pool_name = pool["metadata"]["name"].as_str().unwrap();
+        let free = must(
+            &mut kubectl(
+                &cp.kubeconfig_path(),
+                &[
+                    "get",
+                    "macpool",
+                    pool_name,
+                    "-o",
+                    "jsonpath={.spec.ranges[0].count}",
+                ],
+            ),
+            None,
+        );
+        assert_eq!(free, "256");
+    }
+}
+
+/// `kubectl auth can-i` as the ServiceAccount's own token (not impersonation). `resource` may
+/// name a subresource as `resource/sub` (kubectl would read that as an object name).
+fn can_i(kubeconfig: &Path, namespace: &str, verb: &str, resource: &str) -> bool {
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((resource, sub)) => (resource, Some(format!("--subresource={sub}"))),
+        None => (resource, None),
+    };
+    let mut args = vec!["auth", "can-i", "-n", namespace, verb, resource];
+    if let Some(sub) = &subresource {
+        args.push(sub);
+    }
+    let output = run(&mut kubectl(kubeconfig, &args), None);
+    let answer = text(&output.stdout);
+    match answer.trim() {
+        "yes" => true,
+        "no" => false,
+        other => panic!("can-i {args:?}: {other:?} {}", text(&output.stderr)),
+    }
+}
+
+#[test]
+fn service_accounts_can_do_their_job_and_nothing_more() {
+    let cp = ControlPlane::shared();
+    let (namespace, release, _) = install(cp, &[]);
+    let elsewhere = cp.create_namespace("chart-other").unwrap();
+    let agent = cp
+        .service_account_kubeconfig(&namespace, &format!("{release}-dhcpmanager-agent"))
+        .unwrap();
+    let api = cp
+        .service_account_kubeconfig(&namespace, &format!("{release}-dhcpmanager-apiserver"))
+        .unwrap();
+
+    let agent_may = [
+        (&elsewhere, "get", "dhcpaddresses.dhcpmanager.io"),
+        (&elsewhere, "list", "dhcpaddresses.dhcpmanager.io"),
+        (&elsewhere, "watch", "dhcpaddresses.dhcpmanager.io"),
+        (&elsewhere, "patch", "dhcpaddresses.dhcpmanager.io"),
+        (&elsewhere, "update", "dhcpaddresses.dhcpmanager.io"),
+        (&elsewhere, "patch", "dhcpaddresses.dhcpmanager.io/status"),
+        (&elsewhere, "update", "dhcpaddresses.dhcpmanager.io/status"),
+        (&namespace, "create", "macpools.dhcpmanager.io"),
+        (&namespace, "watch", "macpools.dhcpmanager.io"),
+        (&namespace, "update", "macpools.dhcpmanager.io/status"),
+        (&elsewhere, "create", "events.events.k8s.io"),
+        (&namespace, "create", "leases.coordination.k8s.io"),
+        (&namespace, "update", "leases.coordination.k8s.io"),
+        (&namespace, "watch", "leases.coordination.k8s.io"),
+    ];
+    for (ns, verb, resource) in agent_may {
+        assert!(
+            can_i(&agent, ns, verb, resource),
+            "agent must {verb} {resource} in {ns}"
+        );
+    }
+    let agent_must_not = [
+        (&elsewhere, "delete", "dhcpaddresses.dhcpmanager.io"),
+        (&elsewhere, "create", "dhcpaddresses.dhcpmanager.io"),
+        (&namespace, "delete", "macpools.dhcpmanager.io"),
+        (&namespace, "update", "macpools.dhcpmanager.io"),
+        (&namespace, "get", "secrets"),
+        (&namespace, "list", "configmaps"),
+        (&elsewhere, "create", "leases.coordination.k8s.io"),
+        (&namespace, "delete", "leases.coordination.k8s.io"),
+        (&namespace, "create", "pods"),
+    ];
+    for (ns, verb, resource) in agent_must_not {
+        assert!(
+            !can_i(&agent, ns, verb, resource),
+            "agent must not {verb} {resource} in {ns}"
+        );
+    }
+
+    let api_may = [
+        (&elsewhere, "create", "dhcpaddresses.dhcpmanager.io"),
+        (&elsewhere, "delete", "dhcpaddresses.dhcpmanager.io"),
+        (&elsewhere, "watch", "dhcpaddresses.dhcpmanager.io"),
+        (&namespace, "patch", "macpools.dhcpmanager.io"),
+        (&namespace, "create", "macpools.dhcpmanager.io"),
+    ];
+    for (ns, verb, resource) in api_may {
+        assert!(
+            can_i(&api, ns, verb, resource),
+            "apiserver must {verb} {resource} in {ns}"
+        );
+    }
+    let api_must_not = [
+        (&elsewhere, "patch", "dhcpaddresses.dhcpmanager.io/status"),
+        (&elsewhere, "update", "dhcpaddresses.dhcpmanager.io"),
+        (&namespace, "update", "macpools.dhcpmanager.io/status"),
+        (&namespace, "get", "secrets"),
+        (&namespace, "create", "leases.coordination.k8s.io"),
+        (&namespace, "create", "events.events.k8s.io"),
+    ];
+    for (ns, verb, resource) in api_must_not {
+        assert!(
+            !can_i(&api, ns, verb, resource),
+            "apiserver must not {verb} {resource} in {ns}"
+        );
+    }
+
+    // Real requests with the tokens, not only access reviews.
+    let address = format!(
+        "apiVersion: dhcpmanager.io/v1alpha1\nkind: DhcpAddress\nmetadata:\n  name: web\n  namespace: {elsewhere}\nspec:\n  service: {elsewhere}/web\n"
+    );
+    must(&mut kubectl(&api, &["create", "-f", "-"]), Some(&address));
+    let refused = run(
+        &mut kubectl(&agent, &["-n", &elsewhere, "delete", "dhcpaddress", "web"]),
+        None,
+    );
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("forbidden"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let status_patch = run(
+        &mut kubectl(
+            &api,
+            &[
+                "-n",
+                &elsewhere,
+                "patch",
+                "dhcpaddress",
+                "web",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                r#"{"status":{"phase":"Bound"}}"#,
+            ],
+        ),
+        None,
+    );
+    assert!(!status_patch.status.success());
+    assert!(text(&status_patch.stderr).contains("forbidden"));
+    must(
+        &mut kubectl(
+            &agent,
+            &[
+                "-n",
+                &elsewhere,
+                "patch",
+                "dhcpaddress",
+                "web",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                r#"{"status":{"phase":"Pending"}}"#,
+            ],
+        ),
+        None,
+    );
+    let secrets = run(
+        &mut kubectl(&agent, &["-n", &namespace, "get", "secrets"]),
+        None,
+    );
+    assert!(text(&secrets.stderr).contains("forbidden"));
+    let lease = format!(
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: node-a\n  namespace: {namespace}\nspec:\n  holderIdentity: node-a\n  leaseDurationSeconds: 40\n"
+    );
+    must(&mut kubectl(&agent, &["create", "-f", "-"]), Some(&lease));
+    must(
+        &mut kubectl(&api, &["-n", &elsewhere, "delete", "dhcpaddress", "web"]),
+        None,
+    );
+}
+
+// ---- dashboard, kube-state-metrics, examples --------------------------------------------
+
+fn dashboard() -> Value {
+    let text = std::fs::read_to_string(repo_root().join("dashboards/dhcpmanager.json")).unwrap();
+    serde_json::from_str(&text).expect("dashboards/dhcpmanager.json is JSON")
+}
+
+fn expressions(dashboard: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    fn walk(value: &Value, found: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(expr)) = map.get("expr") {
+                    found.push(expr.clone());
+                }
+                map.values().for_each(|v| walk(v, found));
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, found)),
+            _ => {}
+        }
+    }
+    walk(dashboard, &mut found);
+    found
+}
+
+/// Grafana interpolates its variables before Prometheus sees the query; do the same.
+fn interpolate(expr: &str) -> String {
+    expr.replace("$__rate_interval", "5m")
+        .replace("$__range", "1h")
+        .replace("$node", ".*")
+}
+
+#[test]
+fn chart_ships_the_dashboard_unchanged() {
+    let top = std::fs::read(repo_root().join("dashboards/dhcpmanager.json")).unwrap();
+    let copy = std::fs::read(chart_dir().join("files/dhcpmanager.json")).unwrap();
+    assert!(
+        top == copy,
+        "charts/dhcpmanager/files/dhcpmanager.json differs from dashboards/dhcpmanager.json: copy it over"
+    );
+}
+
+#[test]
+fn dashboard_covers_the_agents_metrics_by_their_exported_names() {
+    let exprs = expressions(&dashboard());
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let source =
+        std::fs::read_to_string(repo_root().join("operator/src/agent/metrics.rs")).unwrap();
+    let counters = [
+        "renewals",
+        "naks",
+        "lease_expirations",
+        "ip_changes",
+        "failures",
+        "packets_sent",
+        "packets_received",
+        "replies_rejected",
+    ];
+    let mut used = std::collections::BTreeSet::new();
+    for expr in &exprs {
+        for (start, _) in expr.match_indices("dhcpmanager_") {
+            let name: String = expr[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let base = name.trim_start_matches("dhcpmanager_");
+            // The text exposition's suffixes: _total on counters, _bucket on histograms.
+            let registered = if let Some(counter) = base.strip_suffix("_total") {
+                assert!(counters.contains(&counter), "{name} is not a counter");
+                counter
+            } else if let Some(histogram) = base.strip_suffix("_bucket") {
+                histogram
+            } else {
+                assert!(
+                    !counters.contains(&base),
+                    "{name}: counters are exported with _total"
+                );
+                base
+            };
+            assert!(
+                source.contains(&format!("\"{registered}\"")),
+                "{name}: {registered} is not registered in operator/src/agent/metrics.rs"
+            );
+            used.insert(registered.to_string());
+        }
+    }
+    for wanted in [
+        "addresses",
+        "time_to_bound_seconds",
+        "renewals",
+        "failures",
+        "naks",
+        "lease_expiry_timestamp_seconds",
+    ] {
+        assert!(used.contains(wanted), "the dashboard shows no {wanted}");
+    }
+    assert!(exprs.iter().any(|e| e.contains("histogram_quantile")));
+    assert!(
+        exprs
+            .iter()
+            .any(|e| e.contains("dhcpmanager_lease_expiry_timestamp_seconds")
+                && e.contains("time()")
+                && e.contains("3600"))
+    );
+    assert!(exprs.iter().any(|e| e.contains("by (node)")));
+}
+
+#[test]
+fn every_dashboard_expression_parses_with_promtool() {
+    let promtool = tool("promtool");
+    let exprs = expressions(&dashboard());
+    let rules: Vec<Value> = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, expr)| serde_json::json!({"record": format!("dashboard:expr_{i}"), "expr": interpolate(expr)}))
+        .collect();
+    let file = serde_json::json!({"groups": [{"name": "dhcpmanager-dashboard", "rules": rules}]});
+    let path = std::env::temp_dir().join(format!("{}.rules.json", unique("dhcpmanager-dashboard")));
+    std::fs::write(&path, serde_json::to_string_pretty(&file).unwrap()).unwrap();
+    let output = run(
+        Command::new(promtool).arg("check").arg("rules").arg(&path),
+        None,
+    );
+    let _ = std::fs::remove_file(&path);
+    let said = format!("{}{}", text(&output.stdout), text(&output.stderr));
+    assert!(output.status.success(), "promtool refused:\n{said}");
+    assert!(
+        said.contains(&format!("SUCCESS: {} rules found", exprs.len())),
+        "{said}"
+    );
+
+    // The check has teeth: a broken expression is refused.
+    let broken = serde_json::json!({"groups": [{"name": "broken", "rules": [{"record": "x:y", "expr": "sum by (le (rate(x[5m]))"}]}]});
+    let path = std::env::temp_dir().join(format!("{}.rules.json", unique("dhcpmanager-broken")));
+    std::fs::write(&path, broken.to_string()).unwrap();
+    let output = run(
+        Command::new(tool("promtool"))
+            .arg("check")
+            .arg("rules")
+            .arg(&path),
+        None,
+    );
+    let _ = std::fs::remove_file(&path);
+    assert!(!output.status.success());
+}
+
+/// kube-state-metrics could not be built here (the Go module proxy refuses it), so its
+/// CustomResourceState config is checked for shape against the CRD it reads.
+fn check_kube_state_metrics_config(yaml: &str) {
+    let config: Value = serde_saphyr::from_str(yaml).expect("the KSM config is YAML");
+    assert_eq!(config["kind"], "CustomResourceStateMetrics");
+    let resource = &config["spec"]["resources"][0];
+    assert_eq!(resource["groupVersionKind"]["group"], "dhcpmanager.io");
+    assert_eq!(resource["groupVersionKind"]["kind"], "DhcpAddress");
+    let crds = std::fs::read_to_string(chart_dir().join("crds/dhcpmanager.io_crds.yaml")).unwrap();
+    let crds: Vec<Value> = serde_saphyr::from_multiple(&crds).unwrap();
+    let crd = crds
+        .iter()
+        .find(|c| c["spec"]["names"]["kind"] == "DhcpAddress")
+        .unwrap();
+    let version = resource["groupVersionKind"]["version"].as_str().unwrap();
+    let served = crd["spec"]["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == version)
+        .expect("the KSM config names a served version");
+    let status = &served["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
+    let metrics = resource["metrics"].as_array().unwrap();
+    let mut paths = Vec::new();
+    for metric in metrics {
+        let each = &metric["each"];
+        let kind = each["type"].as_str().unwrap();
+        assert!(["Gauge", "StateSet", "Info"].contains(&kind), "{kind}");
+        let body = &each[kind[..1].to_lowercase() + &kind[1..]];
+        assert!(body.is_object(), "{metric}: no {kind} body");
+        if let Some(path) = body["path"].as_array() {
+            paths.push(path.clone());
+        }
+        if let Some(labels) = body["labelsFromPath"].as_object() {
+            paths.extend(labels.values().filter_map(|p| p.as_array().cloned()));
+        }
+        if kind == "StateSet" {
+            let listed: Vec<&Value> = body["list"].as_array().unwrap().iter().collect();
+            let phases: Vec<&Value> = status["phase"]["enum"].as_array().unwrap().iter().collect();
+            assert_eq!(
+                listed, phases,
+                "the StateSet lists exactly the CRD's phases"
+            );
+        }
+    }
+    for path in &paths {
+        assert_eq!(path[0], "status", "{path:?}");
+        let field = path[1].as_str().unwrap();
+        assert!(
+            status[field].is_object(),
+            "status.{field} is not in the CRD"
+        );
+    }
+    for field in ["phase", "expiresAt", "renewAt"] {
+        assert!(
+            paths.iter().any(|p| p[1] == field),
+            "no metric from status.{field}"
+        );
+    }
+}
+
+#[test]
+fn kube_state_metrics_config_reads_fields_the_crd_has() {
+    let yaml = std::fs::read_to_string(chart_dir().join("files/kube-state-metrics.yaml")).unwrap();
+    check_kube_state_metrics_config(&yaml);
+}
+
+fn load_with_the_agents_loader(toml: &str) -> dhcpmanager_operator::config::Config {
+    let path = std::env::temp_dir().join(format!("{}.toml", unique("dhcpmanager-chart-config")));
+    std::fs::write(&path, toml).unwrap();
+    let loaded = dhcpmanager_operator::config::Config::load(
+        dhcpmanager_operator::config::Source::Explicit(&path),
+        std::iter::empty(),
+        &[],
+    );
+    let _ = std::fs::remove_file(&path);
+    loaded.unwrap_or_else(|e| panic!("{e}:\n{toml}"))
+}
+
+#[test]
+fn examples_parse() {
+    let standalone = std::fs::read_to_string(repo_root().join("examples/standalone.toml")).unwrap();
+    let config = load_with_the_agents_loader(&standalone);
+    assert!(config.standalone);
+    assert!(!config.macs.is_empty());
+
+    let fork: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(repo_root().join("examples/metallb-fork-config.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(fork["kind"], "ConfigMap");
+    assert_eq!(fork["metadata"]["namespace"], "metallb-system");
+    let inner: Value = serde_saphyr::from_str(fork["data"]["config"].as_str().unwrap()).unwrap();
+    let service = &inner["address-services"][0];
+    assert_eq!(service["url"], "http://dhcpmanager");
+    assert_eq!(service["protocol"], "layer2");
+
+    let service_example =
+        std::fs::read_to_string(repo_root().join("examples/service-dhcpaddress.yaml")).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&service_example).unwrap();
+    let service = docs.iter().find(|d| d["kind"] == "Service").unwrap();
+    let address = docs.iter().find(|d| d["kind"] == "DhcpAddress").unwrap();
+    assert_eq!(service["spec"]["type"], "LoadBalancer");
+    assert_eq!(
+        address["spec"]["service"],
+        format!(
+            "{}/{}",
+            service["metadata"]["namespace"].as_str().unwrap(),
+            service["metadata"]["name"].as_str().unwrap()
+        )
+    );
+
+    let compose: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(repo_root().join("deploy/docker-compose.yml")).unwrap(),
+    )
+    .unwrap();
+    let dhcpmanager = &compose["services"]["dhcpmanager"];
+    assert_eq!(dhcpmanager["network_mode"], "host");
+    assert_eq!(
+        dhcpmanager["cap_add"],
+        serde_json::json!(["NET_ADMIN", "NET_RAW"])
+    );
+
+    for file in ["systemd-networkd.conf", "NetworkManager.conf"] {
+        let text =
+            std::fs::read_to_string(repo_root().join("examples/host-dhcp").join(file)).unwrap();
+        assert!(text.contains("dm*"), "{file} must match our links by name");
+    }
+}
+
+#[test]
+fn service_example_applies_server_side() {
+    let cp = ControlPlane::shared();
+    install_crds(cp);
+    let namespace = cp.create_namespace("chart-example").unwrap();
+    let example =
+        std::fs::read_to_string(repo_root().join("examples/service-dhcpaddress.yaml")).unwrap();
+    // The example's namespace, renamed to this test's own.
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&example).unwrap();
+    let original = docs[0]["metadata"]["namespace"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let renamed = example
+        .replace(&format!("{original}/"), &format!("{namespace}/"))
+        .replace(
+            &format!("namespace: {original}"),
+            &format!("namespace: {namespace}"),
+        );
+    let out = apply_server_side(cp, &renamed);
+    assert!(out.contains("dhcpaddress.dhcpmanager.io/"), "{out}");
+    assert!(out.contains("service/"), "{out}");
+    // NOTES.txt points users at this example.
+    let notes = std::fs::read_to_string(chart_dir().join("templates/NOTES.txt")).unwrap();
+    assert!(notes.contains("examples/service-dhcpaddress.yaml"));
+}
