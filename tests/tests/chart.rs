@@ -1109,3 +1109,118 @@ fn service_example_applies_server_side() {
     let notes = std::fs::read_to_string(chart_dir().join("templates/NOTES.txt")).unwrap();
     assert!(notes.contains("examples/service-dhcpaddress.yaml"));
 }
+
+/// The path users take: `helm install` (CRDs from crds/ first), `helm upgrade` with new values,
+/// `helm uninstall`, against the real kube-apiserver.
+#[test]
+fn helm_install_upgrade_and_uninstall() {
+    let cp = ControlPlane::shared();
+    install_crds(cp);
+    let namespace = cp.create_namespace("chart-helm").unwrap();
+    let release = unique("rel");
+    let pool = unique("pool");
+    let kubeconfig = cp.kubeconfig_path();
+    let kubeconfig = kubeconfig.to_str().unwrap();
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    let pool_value = format!("agent.defaultPool={pool}");
+    let installed = must(
+        &mut helm(&[
+            "install",
+            &release,
+            chart,
+            "--kubeconfig",
+            kubeconfig,
+            "--namespace",
+            &namespace,
+            "--set",
+            &pool_value,
+            "--set",
+            "apiserver.auth.enabled=true",
+            "--set",
+            "apiserver.auth.token=0123456789abcdef-install",
+        ]),
+        None,
+    );
+    assert!(installed.contains("STATUS: deployed"), "{installed}");
+    // NOTES.txt: where MetalLB finds the API, and the CRD upgrade step.
+    let service = format!("{release}-dhcpmanager");
+    assert!(
+        installed.contains(&format!("url: http://{service}.{namespace}.svc")),
+        "{installed}"
+    );
+    assert!(
+        installed.contains("kubectl apply --server-side"),
+        "{installed}"
+    );
+    assert!(
+        installed.contains("auth-token: <the token in Secret"),
+        "{installed}"
+    );
+
+    let upgraded = must(
+        &mut helm(&[
+            "upgrade",
+            &release,
+            chart,
+            "--kubeconfig",
+            kubeconfig,
+            "--namespace",
+            &namespace,
+            "--reuse-values",
+            "--set",
+            "agent.interface=bond1",
+            "--set",
+            "apiserver.replicas=3",
+        ]),
+        None,
+    );
+    assert!(upgraded.contains("REVISION: 2"), "{upgraded}");
+    let get = |args: &[&str]| must(&mut kubectl(&cp.kubeconfig_path(), args), None);
+    let replicas = get(&[
+        "-n",
+        &namespace,
+        "get",
+        "deployment",
+        &format!("{release}-dhcpmanager-apiserver"),
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ]);
+    assert_eq!(replicas, "3");
+    let config = get(&[
+        "-n",
+        &namespace,
+        "get",
+        "configmap",
+        &format!("{release}-dhcpmanager-config"),
+        "-o",
+        "jsonpath={.data.dhcpmanager\\.toml}",
+    ]);
+    assert!(config.contains("interface = \"bond1\""), "{config}");
+    let interface = get(&["get", "macpool", &pool, "-o", "jsonpath={.spec.interface}"]);
+    assert_eq!(interface, "bond1");
+
+    must(
+        &mut helm(&[
+            "uninstall",
+            &release,
+            "--kubeconfig",
+            kubeconfig,
+            "--namespace",
+            &namespace,
+        ]),
+        None,
+    );
+    let left = get(&[
+        "-n",
+        &namespace,
+        "get",
+        "deployment,daemonset,secret",
+        "-o",
+        "name",
+    ]);
+    assert!(left.trim().is_empty(), "left behind: {left}");
+    // The pool's status maps live leases to MACs: uninstall keeps it.
+    get(&["get", "macpool", &pool]);
+    get(&["delete", "macpool", &pool]);
+}
