@@ -954,61 +954,70 @@ fn every_dashboard_expression_parses_with_promtool() {
 }
 
 /// kube-state-metrics could not be built here (the Go module proxy refuses it), so its
-/// CustomResourceState config is checked for shape against the CRD it reads.
+/// CustomResourceState config is checked for shape against the CRDs it reads.
 fn check_kube_state_metrics_config(yaml: &str) {
     let config: Value = serde_saphyr::from_str(yaml).expect("the KSM config is YAML");
     assert_eq!(config["kind"], "CustomResourceStateMetrics");
-    let resource = &config["spec"]["resources"][0];
-    assert_eq!(resource["groupVersionKind"]["group"], "dhcpmanager.io");
-    assert_eq!(resource["groupVersionKind"]["kind"], "DhcpAddress");
     let crds = std::fs::read_to_string(chart_dir().join("crds/dhcpmanager.io_crds.yaml")).unwrap();
     let crds: Vec<Value> = serde_saphyr::from_multiple(&crds).unwrap();
-    let crd = crds
-        .iter()
-        .find(|c| c["spec"]["names"]["kind"] == "DhcpAddress")
-        .unwrap();
-    let version = resource["groupVersionKind"]["version"].as_str().unwrap();
-    let served = crd["spec"]["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == version)
-        .expect("the KSM config names a served version");
-    let status = &served["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
-    let metrics = resource["metrics"].as_array().unwrap();
-    let mut paths = Vec::new();
-    for metric in metrics {
-        let each = &metric["each"];
-        let kind = each["type"].as_str().unwrap();
-        assert!(["Gauge", "StateSet", "Info"].contains(&kind), "{kind}");
-        let body = &each[kind[..1].to_lowercase() + &kind[1..]];
-        assert!(body.is_object(), "{metric}: no {kind} body");
-        if let Some(path) = body["path"].as_array() {
-            paths.push(path.clone());
+    let resources = config["spec"]["resources"].as_array().unwrap();
+    let mut read = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for resource in resources {
+        let gvk = &resource["groupVersionKind"];
+        assert_eq!(gvk["group"], "dhcpmanager.io");
+        let kind = gvk["kind"].as_str().unwrap();
+        let crd = crds
+            .iter()
+            .find(|c| c["spec"]["names"]["kind"] == kind)
+            .unwrap_or_else(|| panic!("no CRD of kind {kind}"));
+        let served = crd["spec"]["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == gvk["version"] && v["served"] == true)
+            .unwrap_or_else(|| panic!("{kind}: the KSM config names an unserved version"));
+        let status = &served["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
+        let mut paths = Vec::new();
+        for metric in resource["metrics"].as_array().unwrap() {
+            let each = &metric["each"];
+            let type_ = each["type"].as_str().unwrap();
+            assert!(["Gauge", "StateSet", "Info"].contains(&type_), "{type_}");
+            let body = &each[type_[..1].to_lowercase() + &type_[1..]];
+            assert!(body.is_object(), "{metric}: no {type_} body");
+            if let Some(path) = body["path"].as_array() {
+                paths.push(path.clone());
+            }
+            if let Some(labels) = body["labelsFromPath"].as_object() {
+                paths.extend(labels.values().filter_map(|p| p.as_array().cloned()));
+            }
+            if type_ == "StateSet" {
+                let field = body["path"][1].as_str().unwrap();
+                assert_eq!(
+                    body["list"], status[field]["enum"],
+                    "{kind}: the StateSet lists exactly the CRD's values of status.{field}"
+                );
+            }
         }
-        if let Some(labels) = body["labelsFromPath"].as_object() {
-            paths.extend(labels.values().filter_map(|p| p.as_array().cloned()));
-        }
-        if kind == "StateSet" {
-            let listed: Vec<&Value> = body["list"].as_array().unwrap().iter().collect();
-            let phases: Vec<&Value> = status["phase"]["enum"].as_array().unwrap().iter().collect();
-            assert_eq!(
-                listed, phases,
-                "the StateSet lists exactly the CRD's phases"
+        for path in &paths {
+            assert_eq!(path[0], "status", "{path:?}");
+            let field = path[1].as_str().unwrap();
+            assert!(
+                status[field].is_object(),
+                "{kind}: status.{field} is not in the CRD"
             );
         }
-    }
-    for path in &paths {
-        assert_eq!(path[0], "status", "{path:?}");
-        let field = path[1].as_str().unwrap();
-        assert!(
-            status[field].is_object(),
-            "status.{field} is not in the CRD"
+        read.insert(
+            kind.to_string(),
+            paths
+                .iter()
+                .map(|p| p[1].as_str().unwrap().to_string())
+                .collect(),
         );
     }
+    let address = &read["DhcpAddress"];
     for field in ["phase", "expiresAt", "renewAt"] {
         assert!(
-            paths.iter().any(|p| p[1] == field),
+            address.iter().any(|f| f == field),
             "no metric from status.{field}"
         );
     }
