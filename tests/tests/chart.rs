@@ -664,7 +664,8 @@ fn can_i(kubeconfig: &Path, namespace: &str, verb: &str, resource: &str) -> bool
 #[test]
 fn service_accounts_can_do_their_job_and_nothing_more() {
     let cp = ControlPlane::shared();
-    let (namespace, release, _) = install(cp, &[]);
+    let (namespace, release, _) =
+        install(cp, &["--set", "kubeStateMetrics.serviceAccount.name=ksm"]);
     let elsewhere = cp.create_namespace("chart-other").unwrap();
     let agent = cp
         .service_account_kubeconfig(&namespace, &format!("{release}-dhcpmanager-agent"))
@@ -740,6 +741,15 @@ fn service_accounts_can_do_their_job_and_nothing_more() {
             "apiserver must not {verb} {resource} in {ns}"
         );
     }
+
+    // kube-state-metrics, bound by the chart: reads DhcpAddresses and MacPools, nothing else.
+    let ksm = cp.service_account_kubeconfig(&namespace, "ksm").unwrap();
+    for resource in ["dhcpaddresses.dhcpmanager.io", "macpools.dhcpmanager.io"] {
+        assert!(can_i(&ksm, &elsewhere, "list", resource));
+        assert!(can_i(&ksm, &elsewhere, "watch", resource));
+        assert!(!can_i(&ksm, &elsewhere, "update", resource));
+    }
+    assert!(!can_i(&ksm, &namespace, "list", "secrets"));
 
     // Real requests with the tokens, not only access reviews.
     let address = format!(
