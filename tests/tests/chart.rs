@@ -1254,3 +1254,156 @@ fn helm_install_upgrade_and_uninstall() {
     get(&["get", "macpool", &pool]);
     get(&["delete", "macpool", &pool]);
 }
+
+/// Runs `binary` with a rendered container's args (config path swapped for `config`) until it
+/// exits or `patience` passes (then it is killed by PID: it got past its flags and config).
+/// Returns its stderr and whether it exited on its own.
+fn run_rendered(
+    binary: &Path,
+    args: &[String],
+    config: &Path,
+    env: &[(&str, &str)],
+    patience: std::time::Duration,
+) -> (String, bool) {
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| match a.strip_prefix("--config=") {
+            Some(_) => format!("--config={}", config.display()),
+            None => a.clone(),
+        })
+        .collect();
+    let stderr_path = config.with_extension("stderr");
+    let mut command = Command::new(binary);
+    command
+        .args(&args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        // Nowhere to find a cluster: no kubeconfig, no in-cluster variables.
+        .env("KUBECONFIG", config.with_extension("no-kubeconfig"))
+        .env("HOME", config.with_extension("no-home"))
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap());
+    let mut child = command.spawn().expect("binary starts");
+    let deadline = std::time::Instant::now() + patience;
+    let exited = loop {
+        if child.try_wait().unwrap().is_some() {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&stderr_path);
+    (stderr, exited)
+}
+
+fn container_args(workload: &Value) -> Vec<String> {
+    workload["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The flags and the configuration file the chart hands the binaries are the ones they accept.
+#[test]
+fn binaries_accept_the_rendered_flags_and_configuration() {
+    let release = "dhcpmanager";
+    let docs = objects(&render(
+        release,
+        "metallb-system",
+        &[
+            "--set",
+            "agent.leaseDuration=30s",
+            "--set",
+            "agent.renewInterval=5s",
+            "--set",
+            "agent.takeoverGrace=5s",
+            "--set",
+            "agent.resync=2m",
+            "--set",
+            "agent.rate=50",
+            "--set",
+            "agent.burst=20",
+            "--set",
+            "agent.metricsPort=19342",
+            "--set",
+            "agent.macPool.macs={02:aa:bb:cc:dd:01}",
+            "--set",
+            "apiserver.etcd.enabled=true",
+            "--set",
+            "apiserver.auth.enabled=true",
+            "--set",
+            "apiserver.auth.token=0123456789abcdef-flags",
+        ],
+    ));
+    let toml = find(&docs, "ConfigMap", "dhcpmanager-config")["data"]["dhcpmanager.toml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let config = std::env::temp_dir().join(format!("{}.toml", unique("dhcpmanager-flags")));
+    std::fs::write(&config, &toml).unwrap();
+    let patience = std::time::Duration::from_secs(30);
+
+    // The agent parses its flags, loads the file, then needs a cluster: it stops right there,
+    // before any socket or link exists.
+    let mut agent_args = container_args(find(&docs, "DaemonSet", "dhcpmanager-agent"));
+    assert!(agent_args.contains(&"--lease-duration=30s".to_string()));
+    assert!(agent_args.contains(&"--burst=20".to_string()));
+    for arg in agent_args.iter_mut() {
+        if arg.starts_with("--metrics-addr=") {
+            *arg = "--metrics-addr=127.0.0.1:0".into();
+        }
+    }
+    let (stderr, exited) = run_rendered(
+        &dhcpmanager_tests::binaries::operator(),
+        &agent_args,
+        &config,
+        &[("NODE_NAME", "node-a"), ("POD_NAMESPACE", "metallb-system")],
+        patience,
+    );
+    assert!(
+        exited,
+        "the agent found no cluster yet kept running:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("connecting to the Kubernetes API"),
+        "the agent stopped before reaching the cluster:\n{stderr}"
+    );
+
+    // The apiserver: flags and file accepted (it may then refuse for want of a backend, or
+    // of a cluster, but not over its command line or configuration).
+    let mut api_args = container_args(find(&docs, "Deployment", "dhcpmanager-apiserver"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    api_args.extend(["--bind=127.0.0.1".to_string(), format!("--port={port}")]);
+    let (stderr, _) = run_rendered(
+        &dhcpmanager_tests::binaries::apiserver(),
+        &api_args,
+        &config,
+        &[("DHCP_AUTH_TOKEN", "0123456789abcdef-flags")],
+        patience,
+    );
+    let _ = std::fs::remove_file(&config);
+    for refusal in [
+        "unexpected argument",
+        "error: invalid value",
+        "configuration",
+        ".toml",
+    ] {
+        assert!(
+            !stderr.contains(refusal),
+            "the apiserver refused the chart's flags or file ({refusal}):\n{stderr}"
+        );
+    }
+}
