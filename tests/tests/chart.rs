@@ -1407,3 +1407,116 @@ fn binaries_accept_the_rendered_flags_and_configuration() {
         );
     }
 }
+
+/// One HTTP/1.1 exchange with a JSON body, from inside the lab's agent namespace.
+fn http_json(ns: &str, port: u16, method: &str, path: &str, body: &str) -> Option<Value> {
+    use std::io::{Read, Write};
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: dhcpmanager\r\nContent-Type: application/json\r\n\
+         Accept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    dhcpmanager_tests::netns::in_netns(ns, move || {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        let (_, body) = answer.split_once("\r\n\r\n")?;
+        serde_json::from_str(body.trim()).ok()
+    })
+    .expect("the lab's agent namespace exists")
+}
+
+/// examples/standalone.toml is what deploy/docker-compose.yml mounts: run it as compose would
+/// (`dhcpmanager-apiserver --standalone --config=...`, environment overrides for what differs
+/// on this host), against a real dnsmasq in a lab namespace, and have it hand out an address
+/// through the fork's two calls.
+#[test]
+fn standalone_example_serves_the_fork_from_a_real_dhcp_server() {
+    use dhcpmanager_tests::lab::{Lab, Server, ServerOpts};
+    let lab = Lab::up().expect("lab up");
+    lab.start(
+        Server::Dnsmasq,
+        ServerOpts {
+            lease: 120,
+            ..Default::default()
+        },
+    )
+    .expect("dnsmasq starts");
+    let state = std::env::temp_dir().join(unique("dhcpmanager-standalone-example"));
+    std::fs::create_dir_all(&state).unwrap();
+    let example = repo_root().join("examples/standalone.toml");
+    let mut server = lab
+        .run_in_agent(dhcpmanager_tests::binaries::apiserver())
+        .args(["--standalone", "--config"])
+        .arg(&example)
+        // The example's eth0 and /var/lib are the compose host's; here: the lab's segment.
+        .env("DHCP_INTERFACE", lab.parent())
+        .env("DHCP_STATE_DIR", &state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("apiserver starts");
+    let ns = lab.agent_ns();
+    let port = 8000;
+    let ready = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while http_json(&ns, port, "GET", "/v1/config", "").is_none() {
+        assert!(
+            server.try_wait().unwrap().is_none(),
+            "the apiserver exited before serving"
+        );
+        assert!(
+            std::time::Instant::now() < ready,
+            "no /v1/config within 30 s (safety net)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let config = http_json(&ns, port, "GET", "/v1/config", "").unwrap();
+    assert_eq!(config["cidrs"], serde_json::json!(["192.168.0.0/16"]));
+
+    let allocated = http_json(&ns, port, "POST", "/v1/ip", "{\"service\":\"shop/web\"}\n")
+        .expect("POST /v1/ip answers JSON");
+    assert_eq!(allocated["status"], "success", "{allocated}");
+    let ip: std::net::Ipv4Addr = allocated["ip"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        ip.octets()[..3],
+        [10, 77, 0],
+        "{ip} is not from the lab's server"
+    );
+    let leases = lab.leases(Server::Dnsmasq).unwrap();
+    let lease = leases
+        .iter()
+        .find(|l| l.ip == ip)
+        .expect("dnsmasq recorded it");
+    assert!(
+        lease
+            .mac
+            .as_deref()
+            .is_some_and(|m| m.starts_with("02:d4:c9:00:00:0")),
+        "a MAC from the example's pool: {lease:?}"
+    );
+    // Option 12 was "web.shop"; dnsmasq keeps the part before its first dot.
+    assert_eq!(lease.hostname.as_deref(), Some("web"), "{lease:?}");
+
+    let released = http_json(
+        &ns,
+        port,
+        "DELETE",
+        "/v1/ip",
+        &format!("{{\"ip\":\"{ip}\"}}\n"),
+    )
+    .expect("DELETE /v1/ip answers JSON");
+    assert_eq!(released["status"], "success", "{released}");
+
+    // SIGTERM, as `docker compose down` sends.
+    // SAFETY: signalling the child we spawned, by its PID.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let status = server.wait().unwrap();
+    assert!(status.success(), "graceful stop: {status}");
+    let _ = std::fs::remove_dir_all(&state);
+    lab.down().expect("lab down");
+}
