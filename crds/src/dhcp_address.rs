@@ -34,7 +34,7 @@ pub const RESERVED_OPTION_CODES: [u8; 10] = [12, 50, 51, 52, 53, 54, 55, 57, 60,
     printcolumn(name = "MAC", type_ = "string", json_path = ".status.mac"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Node", type_ = "string", json_path = ".status.node"),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt"),
     printcolumn(
         name = "Age",
         type_ = "date",

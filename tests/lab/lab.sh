@@ -8,6 +8,8 @@
 #
 # Subcommands (run as root):
 #   up NAME | down NAME
+#   node NAME N                       another node: namespace NAME-agN (N = 2..9) with its own
+#                                     "lab0" on the same segment; prints the namespace
 #   start NAME dnsmasq|kea|dhcpd [lease=S] [t1=S] [t2=S] [addr=10.77.0.1|10.77.0.2] [authoritative[=0|1]]
 #                                [range=FIRST-LAST]
 #   stop NAME SERVER [addr=A]         (without addr: that server on every address)
@@ -97,6 +99,28 @@ up() {
     "net.ipv4.conf.$PARENT.rp_filter=0"
   # several macvlans with IPs in one subnet: answer ARP only on the interface that owns the IP
   ip netns exec "$ag" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
+}
+
+# another "node": namespace NAME-agN whose parent interface (also named lab0, like eth0 on every
+# node of a cluster) sits on the same L2 segment as the first agent namespace and the servers
+node() {
+  local name=$1 n=$2 srv ag d
+  [[ $n =~ ^[2-9]$ ]] || die "node number must be 2..9, not '$n'"
+  srv="$name-srv"; ag="$name-ag$n"; d=$(dir_of "$name")
+  ns_exists "$srv" || die "lab $name is not up"
+  ns_exists "$ag" && die "namespace $ag exists"
+  echo " $ag" >>"$d/namespaces"
+  ip netns add "$ag"
+  ip -n "$ag" link set lo up
+  ip netns exec "$ag" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+  ip link add "p-ag$n" netns "$srv" type veth peer name "$PARENT" netns "$ag"
+  ip -n "$srv" link set "p-ag$n" master "$SRV_IFACE"
+  ip -n "$srv" link set "p-ag$n" up
+  ip -n "$ag" link set "$PARENT" up
+  ip netns exec "$ag" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 \
+    "net.ipv4.conf.$PARENT.rp_filter=0"
+  ip netns exec "$ag" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
+  echo "$ag"
 }
 
 down() {
@@ -308,6 +332,7 @@ main() {
   case $sub in
     up) up "$name" ;;
     down) down "$name" ;;
+    node) [ $# -eq 1 ] || usage; node "$name" "$1" ;;
     start) [ $# -ge 1 ] || usage; start "$name" "$@" ;;
     stop) [ $# -ge 1 ] || usage; stop "$name" "$@" ;;
     leases) [ $# -ge 1 ] || usage; leases "$name" "$@" ;;

@@ -303,6 +303,36 @@ impl ControlPlane {
         processes_mentioning(&self.dir)
     }
 
+    /// Stops only kube-apiserver (etcd keeps the data): an API outage for the clients.
+    pub fn stop_apiserver(&self) {
+        let pid_file = self.dir.join("kube-apiserver.pid");
+        let pid: i32 = fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .expect("kube-apiserver.pid");
+        assert!(
+            processes_mentioning(&self.dir).contains(&(pid as u32)),
+            "pid {pid} is not this control plane's kube-apiserver"
+        );
+        // SAFETY: kill(2) on a PID we just checked runs our kube-apiserver.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        while processes_mentioning(&self.dir).contains(&(pid as u32)) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Starts whatever is not running (after [`stop_apiserver`](Self::stop_apiserver)) on the
+    /// same ports and data, and waits until it is ready.
+    pub fn restart(&self) {
+        let mut up = Command::new(controlplane_script());
+        up.arg("up")
+            .arg(&self.dir)
+            .env("CP_PURGE", "1")
+            .env("CP_OWNER_PID", std::process::id().to_string());
+        let output = run(&mut up, None).expect("controlplane.sh up");
+        succeeded(&up, output).expect("control plane restarted");
+    }
+
     /// Stops kube-apiserver and etcd by their recorded PIDs and removes the
     /// directory. Idempotent.
     pub fn stop(&self) {

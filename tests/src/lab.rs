@@ -160,6 +160,12 @@ impl Lab {
         }
     }
 
+    /// Adds node `n` (2..=9): a namespace with its own parent interface (also [`Lab::parent`])
+    /// on the same segment as the agent namespace and the servers. Returns its name.
+    pub fn add_node(&self, n: u8) -> Result<String, LabError> {
+        Ok(self.script("node", &[n.to_string()])?.trim().to_string())
+    }
+
     /// `ip netns exec <agent ns> PROGRAM`: add arguments and run it.
     pub fn run_in_agent(&self, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new("ip");

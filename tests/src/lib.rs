@@ -1,11 +1,14 @@
-
 pub mod controlplane;
 // DHCP lab harness: real DHCP servers in network namespaces (tests/lab/lab.sh)
+pub mod binaries;
 pub mod bootp;
 pub mod capture;
+pub mod chart;
+pub mod cluster;
 pub mod lab;
 pub mod lab_error;
 pub mod netns;
 pub mod pcap;
 pub mod probe;
+pub mod process;
 pub mod udhcpc;

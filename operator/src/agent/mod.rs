@@ -113,10 +113,6 @@ impl Context {
         self.refs().insert(key.to_string(), reference);
     }
 
-    pub fn forget(&self, key: &str) {
-        self.refs().remove(key);
-    }
-
     /// Stops the local client of `key` (if any) without releasing: another agent owns it now.
     pub async fn stop_local(&self, key: &str) {
         if self.manager.status(key).is_some() {
@@ -289,7 +285,12 @@ impl Context {
             ),
             ClientEvent::Rejected { .. } | ClientEvent::StateChanged { .. } => return,
         };
-        let Some(reference) = self.refs().get(key).cloned() else {
+        // The Released event is the last word on an address: forget it afterwards.
+        let reference = match event {
+            ClientEvent::Released { .. } => self.refs().remove(key),
+            _ => self.refs().get(key).cloned(),
+        };
+        let Some(reference) = reference else {
             return;
         };
         let event = Event {

@@ -292,18 +292,24 @@ async fn finalize(
         let pools: Api<MacPool> = Api::all(ctx.client.clone());
         super::mac_pool::release(&pools, &pool_of(address, ctx), key).await?;
     }
-    let finalizers: Vec<String> = address
+    // Test-and-remove of exactly our entry: concurrent status writes do not conflict with it,
+    // and nobody else's finalizer can be lost.
+    let index = address
         .finalizers()
         .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": address.resource_version()}});
+        .position(|f| f == FINALIZER)
+        .expect("checked above");
+    let path = format!("/metadata/finalizers/{index}");
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": path, "value": FINALIZER},
+        {"op": "remove", "path": path},
+    ]))
+    .expect("a well-formed JSON patch");
     match api
         .patch(
             &address.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(&patch),
+            &Patch::<()>::Json(patch),
         )
         .await
     {
@@ -315,7 +321,6 @@ async fn finalize(
             ));
         }
     }
-    ctx.forget(key);
     info!(%key, "released");
     Ok(Action::await_change())
 }
