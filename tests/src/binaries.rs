@@ -10,7 +10,11 @@ fn target_dir() -> PathBuf {
 }
 
 fn binary(name: &str) -> PathBuf {
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     let path = target_dir().join(profile).join(name);
     assert!(
         path.exists(),

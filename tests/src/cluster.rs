@@ -78,7 +78,7 @@ fn free_port() -> u16 {
 impl Cluster {
     /// A control plane with the CRDs and the agents' namespace, and a lab with no server yet.
     /// The agents run with the least-privilege RBAC of the Helm chart (ServiceAccount token).
-    pub fn new() -> Cluster {
+    pub fn start() -> Cluster {
         let cp = ControlPlane::start();
         let crds = repo_root().join("charts/dhcpmanager/crds");
         cp.try_kubectl(&["apply", "--server-side", "-f", crds.to_str().unwrap()])

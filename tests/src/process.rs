@@ -45,7 +45,12 @@ impl JsonLinesProcess {
     }
 
     /// Waits for the next line matching `wanted`; `timeout` is a safety net, not a measurement.
-    pub fn wait_for(&mut self, what: &str, timeout: Duration, wanted: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -56,10 +61,15 @@ impl JsonLinesProcess {
                         return value;
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => panic!("no {what} within {timeout:?}; saw {:#?}", self.seen),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no {what} within {timeout:?}; saw {:#?}", self.seen)
+                }
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait();
-                    panic!("process ended ({status:?}) before {what}; saw {:#?}", self.seen)
+                    panic!(
+                        "process ended ({status:?}) before {what}; saw {:#?}",
+                        self.seen
+                    )
                 }
             }
         }

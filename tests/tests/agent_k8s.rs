@@ -105,7 +105,7 @@ impl Drop for PortCapture {
 
 #[test]
 fn crds_are_served_with_columns_and_validation() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::start();
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     cluster.kubectl_ok(&["create", "namespace", "shop"]);
     cluster.kubectl_ok(&[
@@ -174,7 +174,7 @@ fn crds_are_served_with_columns_and_validation() {
 // --- kubectl apply -> Bound; delete -> released, link gone, MAC back --------------------------
 
 fn bind_and_release(server: Server) {
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::start();
     cluster.lab.start(server, ServerOpts::default()).unwrap();
     let agent_ns = cluster.lab.agent_ns();
     cluster.start_agent("node-a", &agent_ns, &AgentOpts::default());
@@ -261,7 +261,7 @@ fn dhcpd_bind_and_release() {
 
 #[test]
 fn agent_restart_resumes_twenty_addresses_without_discover() {
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::start();
     cluster
         .lab
         .start(Server::Kea, ServerOpts::default())
@@ -325,7 +325,7 @@ fn agent_restart_resumes_twenty_addresses_without_discover() {
 
 #[test]
 fn failover_between_two_nodes_keeps_ips_and_never_transmits_twice() {
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::start();
     cluster
         .lab
         .start(Server::Kea, ServerOpts::default())
@@ -412,7 +412,7 @@ fn failover_between_two_nodes_keeps_ips_and_never_transmits_twice() {
 
 #[test]
 fn renewals_continue_while_the_api_server_is_down() {
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::start();
     cluster
         .lab
         .start(Server::Kea, ServerOpts::default())
