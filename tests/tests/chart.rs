@@ -1408,6 +1408,27 @@ fn binaries_accept_the_rendered_flags_and_configuration() {
     }
 }
 
+/// A directory removed when the test ends, also by a failed assertion.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed (by its PID) when the test ends without having stopped it.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// One HTTP/1.1 exchange with a JSON body, from inside the lab's agent namespace.
 fn http_json(ns: &str, port: u16, method: &str, path: &str, body: &str) -> Option<Value> {
     use std::io::{Read, Write};
@@ -1446,27 +1467,28 @@ fn standalone_example_serves_the_fork_from_a_real_dhcp_server() {
         },
     )
     .expect("dnsmasq starts");
-    let state = std::env::temp_dir().join(unique("dhcpmanager-standalone-example"));
-    std::fs::create_dir_all(&state).unwrap();
+    let state = RemovedOnDrop(std::env::temp_dir().join(unique("dhcpmanager-standalone-example")));
+    std::fs::create_dir_all(&state.0).unwrap();
     let example = repo_root().join("examples/standalone.toml");
-    let mut server = lab
-        .run_in_agent(dhcpmanager_tests::binaries::apiserver())
-        .args(["--standalone", "--config"])
-        .arg(&example)
-        // The example's eth0 and /var/lib are the compose host's; here: the lab's segment.
-        .env("DHCP_INTERFACE", lab.parent())
-        .env("DHCP_STATE_DIR", &state)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("apiserver starts");
+    let mut server = KilledOnDrop(
+        lab.run_in_agent(dhcpmanager_tests::binaries::apiserver())
+            .args(["--standalone", "--config"])
+            .arg(&example)
+            // The example's eth0 and /var/lib are the compose host's; here: the lab's segment.
+            .env("DHCP_INTERFACE", lab.parent())
+            .env("DHCP_STATE_DIR", &state.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("apiserver starts"),
+    );
     let ns = lab.agent_ns();
     let port = 8000;
     let ready = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while http_json(&ns, port, "GET", "/v1/config", "").is_none() {
         assert!(
-            server.try_wait().unwrap().is_none(),
+            server.0.try_wait().unwrap().is_none(),
             "the apiserver exited before serving"
         );
         assert!(
@@ -1514,9 +1536,8 @@ fn standalone_example_serves_the_fork_from_a_real_dhcp_server() {
 
     // SIGTERM, as `docker compose down` sends.
     // SAFETY: signalling the child we spawned, by its PID.
-    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
-    let status = server.wait().unwrap();
+    unsafe { libc::kill(server.0.id() as i32, libc::SIGTERM) };
+    let status = server.0.wait().unwrap();
     assert!(status.success(), "graceful stop: {status}");
-    let _ = std::fs::remove_dir_all(&state);
     lab.down().expect("lab down");
 }
