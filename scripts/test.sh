@@ -18,6 +18,8 @@ section() { printf '\n=== %s\n' "$*"; }
 section "installing what the tests need"
 scripts/install-deps.sh
 scripts/install-k8s-tools.sh
+scripts/install-schemathesis.sh
+tests/lab/lab.sh gc
 export PATH="${DHCPMANAGER_TOOLS:-$HOME/.cache/dhcpmanager/tools}/bin:$PATH"
 
 section "cargo fmt --check"

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# dhcpmanager end to end on this machine, as root:   sudo scripts/demo.sh
+#
+# Everything happens in a sandbox: network namespaces with their own L2 segment and a real DHCP
+# server (ISC Kea from Debian) on 10.77.0.0/24. Nothing is sent on the machine's real interfaces.
+#   1. the engine alone: `dhcpmanager-operator lease` obtains one lease and releases it;
+#   2. the original's REST API: `dhcpmanager-apiserver --standalone` on the "node", then
+#      POST /v1/ip as the MetalLB fork sends it, GET /v1/status, DELETE /v1/ip;
+#   3. Kubernetes: a real kube-apiserver on loopback, the CRDs and the chart's RBAC, the agent,
+#      `kubectl apply` of a DhcpAddress, `kubectl get dhcpaddresses`, delete.
+# Everything it starts is stopped and removed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "demo: run as root (it creates network namespaces)" >&2; exit 1; }
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+show() { printf '\033[2m$ %s\033[0m\n' "$*"; }
+
+say "installing what is missing (Debian packages; Kubernetes binaries are built once, ~8 min)"
+scripts/install-deps.sh
+scripts/install-k8s-tools.sh
+export PATH="${DHCPMANAGER_TOOLS:-$HOME/.cache/dhcpmanager/tools}/bin:$PATH"
+cargo build --bins --quiet
+BIN=$PWD/target/debug
+
+LAB=demo$$
+WORK=$(mktemp -d /tmp/dhcpmanager-demo.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  tests/k8s/controlplane.sh down "$WORK/cp" >/dev/null 2>&1 || true
+  tests/lab/lab.sh down "$LAB" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+say "a sandbox network: namespaces $LAB-srv (Kea on 10.77.0.1) and $LAB-ag (the node, parent interface lab0)"
+tests/lab/lab.sh up "$LAB" >/dev/null
+tests/lab/lab.sh start "$LAB" kea lease=600
+node() { ip netns exec "$LAB-ag" "$@"; }
+
+say "1. one lease with the engine: acquire on a fresh macvlan, print, release"
+show "dhcpmanager-operator lease --parent lab0 --mac 02:de:00:00:00:01 --service demo/hello"
+node "$BIN/dhcpmanager-operator" lease --parent lab0 --mac 02:de:00:00:00:01 --service demo/hello | python3 -m json.tool
+
+say "2. the original /v1 REST API, standalone (no Kubernetes)"
+cat >"$WORK/dhcpmanager.toml" <<TOML
+interface = "lab0"
+macs = ["02:de:00:00:01:01", "02:de:00:00:01:02", "02:de:00:00:01:03"]
+etcd = []
+request-timeout = "10s"
+state-dir = "$WORK/state"
+TOML
+node "$BIN/dhcpmanager-apiserver" --standalone --config "$WORK/dhcpmanager.toml" --bind 127.0.0.1 --port 8000 \
+  >"$WORK/apiserver.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 100); do node curl -sf http://127.0.0.1:8000/healthz >/dev/null 2>&1 && break; sleep 0.1; done
+show "curl -X POST -d '{\"service\":\"default/web\"}' http://127.0.0.1:8000/v1/ip"
+answer=$(node curl -s -X POST -H 'Content-Type: application/json' -d '{"service":"default/web"}' http://127.0.0.1:8000/v1/ip)
+echo "$answer"
+ip=$(echo "$answer" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ip"])')
+show "curl http://127.0.0.1:8000/v1/status"
+node curl -s http://127.0.0.1:8000/v1/status | python3 -m json.tool | head -40
+echo "Kea's lease database now says:"
+tests/lab/lab.sh leases "$LAB" kea | grep "\"$ip\"" | tail -1
+show "curl -X DELETE -d '{\"ip\":\"$ip\"}' http://127.0.0.1:8000/v1/ip"
+node curl -s -X DELETE -H 'Content-Type: application/json' -d "{\"ip\":\"$ip\"}" http://127.0.0.1:8000/v1/ip
+sleep 0.5
+echo "Kea's lease database after the release (state free = given back):"
+tests/lab/lab.sh leases "$LAB" kea | grep "\"$ip\"" | tail -1
+kill "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true; PIDS=()
+
+say "3. Kubernetes: a real kube-apiserver on loopback, the CRDs, the agent with the chart's RBAC"
+tests/k8s/controlplane.sh up "$WORK/cp" >/dev/null
+export KUBECONFIG=$WORK/cp/admin.kubeconfig
+kubectl apply --server-side -f charts/dhcpmanager/crds/ >/dev/null
+kubectl wait --for=condition=Established crd/dhcpaddresses.dhcpmanager.io crd/macpools.dhcpmanager.io >/dev/null
+kubectl create namespace dhcpmanager >/dev/null
+helm template dhcpmanager charts/dhcpmanager --namespace dhcpmanager --kube-version 1.34.4 \
+  --show-only templates/rbac-agent.yaml | kubectl apply -f - >/dev/null
+tests/k8s/sa-kubeconfig.sh "$WORK/cp" dhcpmanager dhcpmanager-agent "$WORK/agent.kubeconfig" >/dev/null
+KUBECONFIG=$WORK/agent.kubeconfig NODE_NAME=demo-node POD_NAMESPACE=dhcpmanager \
+  "$BIN/dhcpmanager-operator" agent --config "$WORK/dhcpmanager.toml" --link-netns "/run/netns/$LAB-ag" \
+  --metrics-addr 127.0.0.1:9342 >"$WORK/agent.log" 2>&1 &
+PIDS+=($!)
+kubectl create namespace shop >/dev/null
+show "kubectl apply -f - (DhcpAddress shop/web, spec.service: shop/web)"
+kubectl apply -f - <<YAML
+apiVersion: dhcpmanager.io/v1alpha1
+kind: DhcpAddress
+metadata: {name: web, namespace: shop}
+spec: {service: shop/web}
+YAML
+kubectl wait -n shop --for=jsonpath='{.status.phase}'=Bound dhcpaddress/web --timeout=60s >/dev/null
+show "kubectl get dhcpaddresses -A ; kubectl get macpools"
+kubectl get dhcpaddresses -A
+kubectl get macpools
+show "kubectl get events -n shop"
+kubectl get events -n shop
+show "curl -s 127.0.0.1:9342/metrics | grep dhcpmanager_addresses"
+curl -s 127.0.0.1:9342/metrics | grep '^dhcpmanager_addresses' || true
+show "kubectl delete dhcpaddress -n shop web"
+kubectl delete dhcpaddress -n shop web
+echo "after the delete: the agent sent DHCPRELEASE, removed the macvlan, returned the MAC:"
+kubectl get macpools
+say "done: everything the demo started is being stopped and removed"
