@@ -1,6 +1,7 @@
 //! The seam between the /v1 routes and whatever really obtains addresses (Kubernetes or standalone).
 
 pub mod fake;
+pub mod kubernetes;
 pub mod standalone;
 
 use std::net::Ipv4Addr;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use dhcpmanager_apiserver::backend::kubernetes::{KubernetesBackend, KubernetesOptions};
 use dhcpmanager_apiserver::backend::standalone::{StandaloneBackend, StandaloneOptions};
 use dhcpmanager_apiserver::config::{Config, Source};
 use dhcpmanager_apiserver::{Backend, Error, etcd_mirror, server};
@@ -43,6 +44,12 @@ struct Cli {
     /// Log as JSON lines
     #[arg(long)]
     log_json: bool,
+    /// Kubernetes backend: namespace for addresses of services given without "namespace/"
+    #[arg(long, env = "POD_NAMESPACE", default_value = "dhcpmanager")]
+    namespace: String,
+    /// Kubernetes backend: the MacPool that /v1/mac edits and /v1/status reports
+    #[arg(long, env = "DHCP_MAC_POOL", default_value = "default")]
+    mac_pool: String,
 }
 
 impl Cli {
@@ -71,25 +78,37 @@ impl Cli {
 
 /// The backend the configuration asks for, and what must run at shutdown. The in-memory test
 /// backend is deliberately not an option.
-async fn open_backend(config: &Config) -> Result<(Arc<dyn Backend>, Shutdown), Error> {
+async fn open_backend(config: &Config, cli: &Cli) -> Result<(Arc<dyn Backend>, Shutdown), Error> {
     if config.standalone {
         let backend = StandaloneBackend::open(StandaloneOptions::from_config(config)).await?;
         return Ok((backend.clone(), Shutdown::Standalone(backend)));
     }
-    Err(Error::NoBackend(
-        "the Kubernetes backend is not built into this binary yet; use --standalone".into(),
-    ))
+    let options = KubernetesOptions {
+        namespace: cli.namespace.clone(),
+        mac_pool: cli.mac_pool.clone(),
+        release_wait: config.request_timeout,
+    };
+    let backend = KubernetesBackend::connect(options).await.map_err(|error| {
+        Error::NoBackend(format!(
+            "no Kubernetes cluster configuration (in-cluster or KUBECONFIG): {error}; \
+             use --standalone to run without Kubernetes"
+        ))
+    })?;
+    Ok((backend, Shutdown::Nothing))
 }
 
 enum Shutdown {
     /// Stop the DHCP clients without releasing (leases stay valid for the next start) and flush.
     Standalone(Arc<StandaloneBackend>),
+    /// The agents hold the leases; the cluster holds the state.
+    Nothing,
 }
 
 impl Shutdown {
     async fn run(self) {
         match self {
             Shutdown::Standalone(backend) => backend.shutdown().await,
+            Shutdown::Nothing => {}
         }
     }
 }
@@ -100,7 +119,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         None => Source::Default,
     };
     let config = Config::load(source, std::env::vars(), &cli.overrides())?;
-    let (backend, shutdown) = open_backend(&config).await?;
+    let (backend, shutdown) = open_backend(&config, &cli).await?;
     let mirror = etcd_mirror::spawn(&config, backend.clone());
     let (server, address) = server::bind(config, backend)?;
     tracing::info!(%address, "serving /v1");
