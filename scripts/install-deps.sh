@@ -10,18 +10,22 @@ export DEBIAN_FRONTEND=noninteractive
 
 say() { echo "install-deps: $*"; }
 
-# Debian packages the builds and the DHCP/etcd tests use.
+# Debian packages the builds and the DHCP/etcd/Prometheus tests use.
 PACKAGES=(
   dnsmasq-base kea-dhcp4-server isc-dhcp-server busybox etcd-server etcd-client
   protobuf-compiler libprotobuf-dev tcpdump iproute2 procps curl jq python3-venv
+  prometheus
 )
 # Service names the DHCP packages register (systemd units and SysV scripts share them), each with
 # the pid files its SysV script writes: isc-dhcp-server's "status" prints nothing and exits 0 when
 # its INTERFACES are unset, so liveness is judged from the pid file instead.
+# prometheus is not a DHCP server, but its packaged service would scrape and listen on :9090 of the
+# host; the dashboard test runs its own Prometheus, so the packaged one is kept stopped the same way.
 declare -A DHCP_SERVICE_PIDFILES=(
   [kea-dhcp4-server]="/run/kea-dhcp4-server.pid /run/kea/kea-dhcp4.kea-dhcp4.pid"
   [isc-dhcp-server]="/run/dhcpd.pid /run/dhcpd6.pid"
   [dnsmasq]="/run/dnsmasq/dnsmasq.pid"
+  [prometheus]="/run/prometheus/prometheus.pid"
 )
 
 missing_packages() {
