@@ -1,13 +1,10 @@
 //! The crate's one error type for start-up and the edges (configuration, etcd, serving).
 
-use std::path::PathBuf;
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read configuration file {0}: {1}")]
-    ConfigRead(PathBuf, #[source] std::io::Error),
-    #[error("invalid configuration in {0}: {1}")]
-    ConfigInvalid(String, String),
+    /// Configuration errors (and other failures of the shared operator crate).
+    #[error(transparent)]
+    Operator(#[from] dhcpmanager_operator::error::Error),
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
     #[error("cannot serve HTTP: {0}")]

@@ -117,11 +117,13 @@ impl Config {
                 (path.to_path_buf(), text)
             }
         };
-        let mut table: toml::Table = toml::from_str(&text)
-            .map_err(|e| Error::ConfigInvalid(path.display().to_string(), e.to_string()))?;
-        for (key, value, origin) in env_overrides(env)? {
+        let invalid_file =
+            |e: toml::de::Error| Error::ConfigInvalid(path.display().to_string(), e.to_string());
+        // The file alone first, so its errors point at its own lines.
+        toml::from_str::<Config>(&text).map_err(invalid_file)?;
+        let mut table: toml::Table = toml::from_str(&text).map_err(invalid_file)?;
+        for (key, value) in env_overrides(env)? {
             table.insert(key.to_string(), value);
-            let _ = origin;
         }
         for (key, raw) in cli {
             let kind = kind_of(key).ok_or_else(|| {
@@ -178,10 +180,12 @@ fn kind_of(key: &str) -> Option<Kind> {
 }
 
 /// Known keys only: other `DHCP_*` variables (e.g. Kubernetes service links of a Service named
-/// `dhcp`) are none of our business.
+/// `dhcp`) are none of our business. When both spellings are set, the sorted-last name wins
+/// (`DHCP_MANAGE_INTERFACES` over `DHCP_MANAGE-INTERFACES`), so the outcome never depends on
+/// the environment's order.
 fn env_overrides(
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Vec<(&'static str, toml::Value, String)>, Error> {
+) -> Result<Vec<(&'static str, toml::Value)>, Error> {
     let mut found = Vec::new();
     for (name, raw) in env {
         let Some(suffix) = name.strip_prefix("DHCP_") else {
@@ -194,11 +198,13 @@ fn env_overrides(
         let value = parse_raw(*kind, &raw).map_err(|problem| {
             Error::ConfigInvalid(format!("environment variable {name}"), problem)
         })?;
-        found.push((*key, value, name));
+        found.push((name, *key, value));
     }
-    // Deterministic when both spellings are set: the sorted-last name wins.
-    found.sort_by(|a, b| a.2.cmp(&b.2));
-    Ok(found)
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(found
+        .into_iter()
+        .map(|(_, key, value)| (key, value))
+        .collect())
 }
 
 fn parse_raw(kind: Kind, raw: &str) -> Result<toml::Value, String> {
@@ -263,18 +269,19 @@ pub fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), String> {
 mod tests {
     use super::*;
 
-    fn write(name: &str, text: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("dhcpmanager-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
+    /// Loads `text` as an explicit file that exists only for the duration of the call.
     fn load(text: &str, env: &[(&str, &str)], cli: &[(&str, String)]) -> Result<Config, Error> {
-        let path = write(&format!("{}.toml", text.len() + env.len() * 1000), text);
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "dhcpmanager-config-{}-{n}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).unwrap();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        Config::load(Source::Explicit(&path), env, cli)
+        let loaded = Config::load(Source::Explicit(&path), env, cli);
+        std::fs::remove_file(&path).unwrap();
+        loaded
     }
 
     #[test]
