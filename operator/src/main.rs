@@ -4,14 +4,19 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    // Logs go to stderr so that stdout carries only the command's JSON or YAML output.
+    let cli = Cli::parse();
+    // Logs go to stderr so that stdout carries only the command's JSON or YAML output. The agent
+    // logs what it does; the tools only what goes wrong (their stdout says the rest).
+    let default_filter = match cli.command {
+        Command::Agent(_) => "info,kube=warn",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Agent(args) => match load_config(args.config.as_ref()) {
             Ok(config) => dhcpmanager_operator::agent::run(args, config).await,

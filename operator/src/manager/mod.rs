@@ -83,6 +83,8 @@ struct Inner {
     events: broadcast::Sender<KeyedEvent>,
     counters: Arc<Counters>,
     running: Mutex<HashMap<String, Running>>,
+    /// Keys between "link created" and "running": the orphan sweep must not take their links.
+    starting: Mutex<std::collections::HashSet<String>>,
 }
 
 impl LeaseManager {
@@ -105,6 +107,7 @@ impl LeaseManager {
                 events,
                 counters: Arc::new(Counters::default()),
                 running: Mutex::new(HashMap::new()),
+                starting: Mutex::new(std::collections::HashSet::new()),
             }),
         })
     }
@@ -133,6 +136,7 @@ impl LeaseManager {
         if let Some(running) = self.lock().get(&spec.key) {
             return Ok(running.status.clone());
         }
+        let _starting = Starting::new(&self.inner.starting, &spec.key);
         let name = links::link_name(&spec.key);
         let mac = spec.client.mac;
         let ifindex = self
@@ -338,7 +342,9 @@ impl LeaseManager {
         let mut removed = 0;
         for link in ours {
             let identity = link.alias.as_deref().and_then(links::identity_from_alias);
-            let wanted = identity.is_some_and(|id| self.lock().contains_key(id) || keep(id));
+            let wanted = identity.is_some_and(|id| {
+                self.lock().contains_key(id) || lock(&self.inner.starting).contains(id) || keep(id)
+            });
             if !wanted {
                 info!(link = %link.name, ?identity, "removing orphaned link");
                 self.inner.links.delete(link.ifindex).await?;
@@ -349,13 +355,38 @@ impl LeaseManager {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
-        // A panic while holding this lock cannot leave the map inconsistent (single inserts and
-        // removes), so a poisoned lock is still usable.
-        self.inner
-            .running
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.inner.running)
     }
+}
+
+/// Marks a key as starting for as long as it lives.
+struct Starting<'a> {
+    set: &'a Mutex<std::collections::HashSet<String>>,
+    key: String,
+}
+
+impl<'a> Starting<'a> {
+    fn new(set: &'a Mutex<std::collections::HashSet<String>>, key: &str) -> Self {
+        lock(set).insert(key.to_string());
+        Starting {
+            set,
+            key: key.to_string(),
+        }
+    }
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        lock(self.set).remove(&self.key);
+    }
+}
+
+/// A panic while one of the manager's locks is held cannot leave its collection inconsistent
+/// (single inserts and removes), so a poisoned lock is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Waits until the address is Bound and returns its lease, or fails after `timeout`.
