@@ -9,6 +9,13 @@ pub mod reconcile;
 pub mod status;
 pub mod status_writer;
 
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod mac_pool_tests;
+#[cfg(test)]
+mod reconcile_tests;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -215,6 +215,32 @@ impl Ownership {
         }
     }
 
+    /// Tests: as if the API server had just acknowledged a renewal of our Lease.
+    #[cfg(test)]
+    pub(crate) fn mark_renewed_for_tests(&self) {
+        self.lock().renewed_at = Some(Instant::now());
+    }
+
+    /// Tests: as if our (healthy) watch had last seen `node`'s Lease change `ago`, with our own
+    /// lease duration. Long ago means dead, just now means alive.
+    #[cfg(test)]
+    pub(crate) fn peer_seen_for_tests(&self, node: &str, ago: Duration) {
+        let at = Instant::now()
+            .checked_sub(ago)
+            .expect("the monotonic clock started longer ago than `ago`");
+        let mut state = self.lock();
+        let since = state.watch_healthy_since.map_or(at, |since| since.min(at));
+        state.watch_healthy_since = Some(since);
+        state.peers.insert(
+            node.to_string(),
+            PeerSeen {
+                version: "test".into(),
+                seen_at: at,
+                duration: self.config.lease_duration,
+            },
+        );
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

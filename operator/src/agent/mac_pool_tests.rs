@@ -1,0 +1,61 @@
+//! MacPool allocation and release against the mock API server: optimistic concurrency (409 →
+//! re-read → retry at the new resourceVersion), exhaustion, a pool that is gone.
+
+use dhcpmanager_crds::MacPool;
+use kube::Api;
+
+use super::fixtures::*;
+use super::mac_pool::{allocate, release};
+use crate::dhcp::MacAddr;
+use crate::error::Error;
+
+const FIRST: &str = "02:00:5e:00:00:01";
+const SECOND: &str = "02:00:5e:00:00:02";
+
+#[tokio::test]
+async fn allocation_that_loses_a_race_rereads_and_wins_at_the_new_version() {
+    let (client, verifier) = mock_client();
+    let first = pool(&[FIRST, SECOND], "3");
+    // Meanwhile another agent took the first MAC (version 4).
+    let raced = pool(&[FIRST, SECOND], "4").allocated(FIRST, "shop/other");
+    assert_ne!(
+        first.metadata.resource_version,
+        raced.metadata.resource_version
+    );
+    let server = verifier.run(Scenario::AllocationRace { first, raced });
+
+    let pools: Api<MacPool> = Api::all(client);
+    let result = bounded(allocate(&pools, POOL, KEY, ME)).await;
+    drop(pools);
+    verified(server).await;
+    let mac = result.expect("allocated on the second attempt");
+    assert_eq!(mac, SECOND.parse::<MacAddr>().unwrap());
+}
+
+#[tokio::test]
+async fn allocation_from_a_full_pool_is_pool_exhausted() {
+    let (client, verifier) = mock_client();
+    let full = pool(&[FIRST], "3").allocated(FIRST, "shop/other");
+    let server = verifier.run(Scenario::PoolExhausted(full));
+
+    let pools: Api<MacPool> = Api::all(client);
+    let result = bounded(allocate(&pools, POOL, KEY, ME)).await;
+    drop(pools);
+    verified(server).await;
+    match result {
+        Err(Error::PoolExhausted(pool)) => assert_eq!(pool, POOL),
+        other => panic!("expected PoolExhausted, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn release_into_a_pool_that_is_gone_is_done() {
+    let (client, verifier) = mock_client();
+    let server = verifier.run(Scenario::PoolGone);
+
+    let pools: Api<MacPool> = Api::all(client);
+    let result = bounded(release(&pools, POOL, KEY)).await;
+    drop(pools);
+    verified(server).await;
+    result.expect("nothing to give back");
+}
