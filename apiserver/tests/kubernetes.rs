@@ -1,0 +1,385 @@
+//! The real `dhcpmanager-apiserver` binary on the Kubernetes backend: a private kube-apiserver
+//! with the CRDs, an agent with the chart's RBAC binding through a lab namespace, Kea from the
+//! lab, and the apiserver with the chart's apiserver RBAC (ServiceAccount token) on a free
+//! loopback port of the root namespace. Requests are the MetalLB fork's exact bytes.
+//! Needs root, the lab's DHCP servers and the control-plane tools (scripts/install-deps.sh), and
+//! `cargo build --workspace --bins` first.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{fork_delete, fork_post, get, json_request};
+use dhcpmanager_tests::chart::{APISERVER_SERVICE_ACCOUNT, render_template};
+use dhcpmanager_tests::cluster::{AGENT_NAMESPACE, AgentOpts, Cluster};
+use dhcpmanager_tests::lab::{Server, ServerOpts};
+use serde_json::Value;
+
+/// Safety net for an agent binding or releasing against a server that answers at once.
+const STEP: Duration = Duration::from_secs(60);
+const OURS: &str = "app.kubernetes.io/managed-by=dhcpmanager-apiserver";
+
+/// The apiserver process, killed by PID when dropped.
+struct ApiServer {
+    child: Child,
+    address: SocketAddr,
+    log: PathBuf,
+}
+
+impl ApiServer {
+    /// Starts the binary with the apiserver ServiceAccount's kubeconfig and waits for /readyz
+    /// (which lists through the backend, so the RBAC is exercised before the test starts).
+    async fn start(cluster: &Cluster, request_timeout: &str) -> ApiServer {
+        let rbac = render_template("templates/rbac-apiserver.yaml", AGENT_NAMESPACE);
+        cluster.apply(&rbac);
+        let kubeconfig = cluster
+            .cp
+            .service_account_kubeconfig(AGENT_NAMESPACE, APISERVER_SERVICE_ACCOUNT)
+            .expect("apiserver ServiceAccount kubeconfig");
+        let dir = cluster.lab.dir();
+        let config = dir.join("apiserver.toml");
+        std::fs::write(
+            &config,
+            format!("etcd = []\nrequest-timeout = \"{request_timeout}\"\n"),
+        )
+        .unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let log = dir.join(format!("apiserver-{port}.log"));
+        let child = Command::new(dhcpmanager_tests::binaries::apiserver())
+            .args(["--config", config.to_str().unwrap()])
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("POD_NAMESPACE", AGENT_NAMESPACE)
+            .env("RUST_LOG", "info,kube=warn")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::File::options().append(true).open(&log).unwrap(),
+            ))
+            .spawn()
+            .expect("spawn dhcpmanager-apiserver");
+        let mut server = ApiServer {
+            child,
+            address: format!("127.0.0.1:{port}").parse().unwrap(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("apiserver exited ({status}):\n{}", server.logs());
+            }
+            if tokio::net::TcpStream::connect(server.address).await.is_ok()
+                && get(server.address, "/readyz").await.status == 200
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "apiserver not ready:\n{}",
+                server.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        server
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn start_cluster(with_kea: bool) -> Cluster {
+    let mut cluster = Cluster::start();
+    if with_kea {
+        cluster
+            .lab
+            .start(Server::Kea, ServerOpts::default())
+            .unwrap();
+    }
+    let agent_ns = cluster.lab.agent_ns();
+    cluster.start_agent("node-a", &agent_ns, &AgentOpts::default());
+    cluster.kubectl_ok(&["create", "namespace", "shop"]);
+    cluster
+}
+
+/// (name, whole object) of the DhcpAddresses in `namespace`, optionally by label selector.
+fn objects(cluster: &Cluster, namespace: &str, selector: Option<&str>) -> Vec<Value> {
+    let mut args = vec!["get", "da", "-n", namespace];
+    if let Some(selector) = selector {
+        args.extend(["-l", selector]);
+    }
+    cluster.json(&args)["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn ip_of(object: &Value) -> Option<Ipv4Addr> {
+    object["status"]["ip"].as_str().and_then(|s| s.parse().ok())
+}
+
+fn kea_active(cluster: &Cluster, ip: Ipv4Addr) -> bool {
+    cluster
+        .lab
+        .leases(Server::Kea)
+        .unwrap()
+        .iter()
+        .any(|l| l.ip == ip && l.state == "active")
+}
+
+/// The fork's POST; the answer must be success with an IP. Returns (ip, id).
+async fn allocate(server: &ApiServer, service: &str) -> (Ipv4Addr, String) {
+    let answer = fork_post(server.address, "/v1/ip", service, None).await;
+    let body = answer.assert_compact_json();
+    assert_eq!(body["status"], "success", "{answer:?}\n{}", server.logs());
+    let ip: Ipv4Addr = body["ip"].as_str().unwrap().parse().unwrap();
+    assert_eq!(ip.octets()[..3], [10, 77, 0], "from Kea's lab subnet");
+    (ip, body["id"].as_str().unwrap().to_string())
+}
+
+fn pool(cluster: &Cluster) -> Value {
+    cluster.json(&["get", "macpool", "default"])
+}
+
+#[tokio::test]
+async fn kea_allocate_release_and_leave_foreign_addresses_alone() {
+    let cluster = start_cluster(true);
+    let server = ApiServer::start(&cluster, "30s").await;
+
+    // POST -> a DhcpAddress in the service's namespace, Bound by the agent, leased from Kea.
+    let (first_ip, first_id) = allocate(&server, "shop/web").await;
+    let ours = objects(&cluster, "shop", Some(OURS));
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    let object = &ours[0];
+    assert_eq!(object["status"]["phase"], "Bound");
+    assert_eq!(ip_of(object), Some(first_ip));
+    assert_eq!(object["spec"]["service"], "shop/web");
+    assert_eq!(
+        object["metadata"]["annotations"]["dhcpmanager.io/allocation-id"],
+        first_id.as_str()
+    );
+    assert_eq!(
+        object["metadata"]["labels"]["dhcpmanager.io/service-name"],
+        "web"
+    );
+    assert!(
+        object["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("web-")
+    );
+    let table = cluster.kubectl_ok(&["get", "da", "-n", "shop"]);
+    assert!(
+        table.contains(&first_ip.to_string()) && table.contains("Bound"),
+        "{table}"
+    );
+    assert!(kea_active(&cluster, first_ip));
+
+    // Not idempotent per service: two more POSTs for the same service, at once.
+    let ((second_ip, _), (third_ip, _)) =
+        tokio::join!(allocate(&server, "shop/web"), allocate(&server, "shop/web"));
+    let ips = [first_ip, second_ip, third_ip];
+    assert!(
+        second_ip != third_ip && !ips[1..].contains(&first_ip),
+        "{ips:?}"
+    );
+    assert_eq!(objects(&cluster, "shop", Some(OURS)).len(), 3);
+
+    // Both DELETEd (the fork unwinding) -> objects gone, Kea shows the addresses free.
+    for ip in [second_ip, third_ip] {
+        let answer = fork_delete(server.address, "/v1/ip", &ip.to_string(), None).await;
+        let body = answer.assert_compact_json();
+        assert_eq!(body["status"], "success", "{answer:?}");
+        assert_eq!(body["ip"], ip.to_string());
+    }
+    cluster.wait_for("the two deleted addresses gone", STEP, |c| {
+        let left = objects(c, "shop", Some(OURS));
+        left.len() == 1 && ip_of(&left[0]) == Some(first_ip)
+    });
+    cluster.wait_for("Kea shows both free", STEP, |c| {
+        !kea_active(c, second_ip) && !kea_active(c, third_ip)
+    });
+    assert!(kea_active(&cluster, first_ip), "the first one is untouched");
+
+    // DELETE of an IP nobody was given: non-success, nothing changed.
+    let unknown = fork_delete(server.address, "/v1/ip", "192.0.2.77", None).await;
+    let body = unknown.assert_compact_json();
+    assert_ne!(body["status"], "success", "{unknown:?}");
+    assert_eq!(objects(&cluster, "shop", None).len(), 1);
+
+    // A user's own DhcpAddress is never deleted through /v1.
+    cluster.apply(
+        "apiVersion: dhcpmanager.io/v1alpha1\nkind: DhcpAddress\nmetadata: {name: mine, namespace: shop}\nspec: {service: shop/mine}\n",
+    );
+    cluster.wait_for("shop/mine Bound", STEP, |c| {
+        let mine = c.json(&["get", "da", "-n", "shop", "mine"]);
+        mine["status"]["phase"] == "Bound" && ip_of(&mine).is_some()
+    });
+    let mine = cluster.json(&["get", "da", "-n", "shop", "mine"]);
+    let mine_ip = ip_of(&mine).unwrap();
+    let refused = fork_delete(server.address, "/v1/ip", &mine_ip.to_string(), None).await;
+    assert_ne!(refused.assert_compact_json()["status"], "success");
+    let still = cluster.json(&["get", "da", "-n", "shop", "mine"]);
+    assert_eq!(still["metadata"]["uid"], mine["metadata"]["uid"]);
+    assert!(still["metadata"]["deletionTimestamp"].is_null(), "{still}");
+    assert!(kea_active(&cluster, mine_ip));
+
+    // /v1/status: our allocation only, and the pool's free MACs (32 seeded, 2 in use).
+    let status = get(server.address, "/v1/status")
+        .await
+        .assert_compact_json();
+    let allocations = status["Allocations"].as_array().unwrap();
+    assert_eq!(allocations.len(), 1, "{status}");
+    assert_eq!(allocations[0]["ID"], first_id.as_str(), "{status}");
+    assert_eq!(status["AvailableMACs"].as_array().unwrap().len(), 30);
+    let cidrs = get(server.address, "/v1/config")
+        .await
+        .assert_compact_json();
+    assert!(
+        cidrs["cidrs"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("10.77.0.0/24")),
+        "the bound lease's subnet: {cidrs}"
+    );
+
+    // /v1/mac edits the default MacPool; a MAC in use stays and is reported.
+    let added = json_request(
+        server.address,
+        "POST",
+        "/v1/mac",
+        r#"{"macs":["02:DD:00:00:00:01","not-a-mac"]}"#,
+    )
+    .await
+    .assert_compact_json();
+    assert_eq!(
+        added,
+        serde_json::json!({"Status":"error","Rejected":["not-a-mac"]})
+    );
+    let spec_macs = |c: &Cluster| pool(c)["spec"]["macs"].clone();
+    assert!(
+        spec_macs(&cluster)
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("02:dd:00:00:00:01"))
+    );
+    let used_mac = objects(&cluster, "shop", Some(OURS))[0]["status"]["mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let removed = json_request(
+        server.address,
+        "DELETE",
+        "/v1/mac",
+        &format!(r#"{{"macs":["02:dd:00:00:00:01","{used_mac}"]}}"#),
+    )
+    .await
+    .assert_compact_json();
+    assert_eq!(
+        removed,
+        serde_json::json!({"Status":"error","Unprocessed":[used_mac]})
+    );
+    let macs = spec_macs(&cluster);
+    let macs = macs.as_array().unwrap();
+    assert!(
+        !macs.contains(&Value::from("02:dd:00:00:00:01")),
+        "{macs:?}"
+    );
+    assert!(macs.contains(&Value::from(used_mac.as_str())), "{macs:?}");
+
+    // The last of ours released: gone, free at Kea; the user's address still Bound.
+    let answer = fork_delete(server.address, "/v1/ip", &first_ip.to_string(), None).await;
+    assert_eq!(answer.assert_compact_json()["id"], first_id.as_str());
+    cluster.wait_for("ours all gone and free at Kea", STEP, |c| {
+        objects(c, "shop", Some(OURS)).is_empty() && !kea_active(c, first_ip)
+    });
+    let remaining = objects(&cluster, "shop", None);
+    assert_eq!(remaining.len(), 1);
+    assert_eq!(remaining[0]["metadata"]["name"], "mine");
+}
+
+#[tokio::test]
+async fn without_a_dhcp_server_post_times_out_and_leaves_nothing() {
+    let cluster = start_cluster(true);
+    cluster.lab.stop(Server::Kea).unwrap();
+    let timeout = Duration::from_secs(4);
+    let server = ApiServer::start(&cluster, "4s").await;
+
+    let started = Instant::now();
+    let answer = fork_post(server.address, "/v1/ip", "shop/lonely", None).await;
+    let elapsed = started.elapsed();
+    let body = answer.assert_compact_json();
+    assert_eq!(body["status"], "timeout", "{answer:?}");
+    assert_eq!(body["ip"], "");
+    assert!(
+        !body["id"].as_str().unwrap().is_empty(),
+        "names the withdrawn id"
+    );
+    // The contract: a bounded answer (the fork's client has no timeout). Slack is generous: the
+    // bound is what matters, not the speed.
+    assert!(
+        elapsed < timeout + Duration::from_secs(5),
+        "answered after {elapsed:?}"
+    );
+    // Withdrawn: the object is deleted and its finalizer let go; the MAC is back in the pool.
+    cluster.wait_for("no DhcpAddress left", STEP, |c| {
+        objects(c, "shop", None).is_empty()
+    });
+    cluster.wait_for("the MAC back in the pool", STEP, |c| {
+        let pool = pool(c);
+        pool["status"]["used"] == 0
+            && pool["status"]["allocations"]
+                .as_array()
+                .is_none_or(|a| a.is_empty())
+    });
+    // It really was taken (not just never allocated): the agent's log says both.
+    let agent_log = std::fs::read_to_string(&cluster.agent(0).log).unwrap();
+    assert!(agent_log.contains("allocated MAC"), "{agent_log}");
+    assert!(agent_log.contains("returned MAC"), "{agent_log}");
+    assert!(server.logs().contains("withdrew the allocation"));
+    eprintln!("timeout answer after {elapsed:?} (request-timeout {timeout:?})");
+    let status = get(server.address, "/v1/status")
+        .await
+        .assert_compact_json();
+    assert_eq!(status["Allocations"], serde_json::json!([]), "{status}");
+    assert_eq!(status["AvailableMACs"].as_array().unwrap().len(), 32);
+}
+
+#[test]
+fn without_cluster_configuration_the_binary_refuses_to_start() {
+    let home = std::env::temp_dir().join(format!("dm-nokube-{}", std::process::id()));
+    std::fs::create_dir_all(&home).unwrap();
+    let config = home.join("dhcpmanager.toml");
+    std::fs::write(&config, "etcd = []\n").unwrap();
+    let output = Command::new(dhcpmanager_tests::binaries::apiserver())
+        .args(["--config", config.to_str().unwrap()])
+        .args(["--bind", "127.0.0.1", "--port", "0"])
+        .env("HOME", &home)
+        .env("KUBECONFIG", home.join("missing.kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&home);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("no Kubernetes cluster configuration"),
+        "{stderr}"
+    );
+}
