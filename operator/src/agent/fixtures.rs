@@ -231,6 +231,8 @@ pub enum Scenario {
     Claim(DhcpAddress, Answer),
     /// Our finalizer is removed from `address` by a JSON patch test+remove at `index`.
     FinalizerRemoved { address: DhcpAddress, index: usize },
+    /// A deletion taken over: `address` is claimed for [`ME`] first, then the finalizer goes.
+    ClaimedThenFinalizerRemoved { address: DhcpAddress, index: usize },
     /// `pool` holds a MAC of [`KEY`]; it goes back (one status replace), then the finalizer.
     PoolMacReturnedThenFinalizerRemoved {
         pool: MacPool,
@@ -261,6 +263,12 @@ impl ApiServerVerifier {
                 Scenario::Claim(address, answer) => self.claim(&address, answer).await,
                 Scenario::FinalizerRemoved { address, index } => {
                     self.finalizer_removed(&address, index).await
+                }
+                Scenario::ClaimedThenFinalizerRemoved { address, index } => {
+                    self.claim(&address, Answer::Accept)
+                        .await
+                        .finalizer_removed(&address, index)
+                        .await
                 }
                 Scenario::PoolMacReturnedThenFinalizerRemoved {
                     pool,

@@ -164,6 +164,26 @@ async fn deletion_holding_nothing_removes_exactly_our_finalizer() {
 }
 
 #[tokio::test]
+async fn deletion_of_a_dead_peers_object_is_claimed_before_the_finalizer_goes() {
+    let (ctx, verifier) = test_context();
+    holding(&ctx);
+    ctx.ownership.peer_seen_for_tests(PEER, long_ago());
+    let address = address()
+        .finalized()
+        .with_fixed_mac(FIXED_MAC)
+        .owned_by(PEER)
+        .deleted();
+    let server = verifier.run(Scenario::ClaimedThenFinalizerRemoved {
+        address: address.clone(),
+        index: 1,
+    });
+
+    let result = bounded(reconcile(Arc::new(address), ctx.clone())).await;
+    finish(ctx, server).await;
+    assert_eq!(result.expect("reconcile"), Action::await_change());
+}
+
+#[tokio::test]
 async fn deletion_returns_the_pool_mac_before_removing_the_finalizer() {
     let (ctx, verifier) = test_context();
     holding(&ctx);
