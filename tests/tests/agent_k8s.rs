@@ -457,3 +457,42 @@ fn renewals_continue_while_the_api_server_is_down() {
                 .is_some_and(|t| t > down_at)
     });
 }
+
+// --- a problem only the user can fix is shown on the object, and heals ------------------------
+
+#[test]
+fn exhausted_pool_is_reported_and_heals_when_a_mac_returns() {
+    let mut cluster = Cluster::start();
+    cluster
+        .lab
+        .start(Server::Kea, ServerOpts::default())
+        .unwrap();
+    let agent_ns = cluster.lab.agent_ns();
+    let opts = AgentOpts {
+        macs: vec!["02:cc:00:00:00:01".into()],
+        ..AgentOpts::default()
+    };
+    cluster.start_agent("node-a", &agent_ns, &opts);
+    cluster.create_addresses("apps", "first", 1);
+    cluster.wait_for("first Bound", STEP, |c| all_bound(c, "apps", 1));
+    cluster.create_addresses("apps", "second", 1);
+    cluster.wait_for("second Failed with the reason", STEP, |c| {
+        c.addresses("apps").iter().any(|(n, s)| {
+            n == "second-0"
+                && phase(s) == "Failed"
+                && s["lastError"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("no free MAC"))
+        })
+    });
+    cluster.kubectl_ok(&["delete", "da", "-n", "apps", "first-0", "--timeout=60s"]);
+    cluster.wait_for("second Bound with the returned MAC", STEP, |c| {
+        all_bound(c, "apps", 1)
+    });
+    let (_, status) = cluster.addresses("apps").remove(0);
+    assert_eq!(status["mac"], "02:cc:00:00:00:01");
+    assert!(
+        status["lastError"].is_null(),
+        "the error is cleared: {status}"
+    );
+}

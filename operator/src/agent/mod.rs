@@ -120,6 +120,11 @@ impl Context {
         self.refs().insert(key.to_string(), reference);
     }
 
+    /// Queues a status write for an address this agent owns.
+    pub fn report_status(&self, object: ObjectKey, status: DhcpAddressStatus) {
+        self.status_writer.set(object, status);
+    }
+
     /// Stops the local client of `key` (if any) without releasing: another agent owns it now.
     pub async fn stop_local(&self, key: &str) {
         if self.manager.status(key).is_some() {

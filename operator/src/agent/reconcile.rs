@@ -112,6 +112,20 @@ pub fn error_policy(address: Arc<DhcpAddress>, error: &Error, ctx: Arc<Context>)
             error: error.metric_label().to_string(),
         })
         .inc();
+    // Errors only the user can fix are shown on the object (by its owner only, so that agents
+    // never fight over it); the rest are transient and just retried.
+    let needs_user = matches!(
+        error,
+        Error::InvalidAddress { .. } | Error::PoolExhausted(_) | Error::BadPool { .. }
+    );
+    let mut status = address.status.clone().unwrap_or_default();
+    if needs_user && status.node.as_deref() == Some(ctx.ownership.node()) {
+        status.phase = Some(Phase::Failed);
+        status.last_error = Some(error.to_string());
+        status.observed_generation = address.metadata.generation;
+        let key = (address.namespace().unwrap_or_default(), address.name_any());
+        ctx.report_status(key, status);
+    }
     Action::requeue(Duration::from_secs(5))
 }
 
