@@ -239,6 +239,9 @@ pub enum Scenario {
         address: DhcpAddress,
         index: usize,
     },
+    /// The agent's status writer applies exactly `status` to the test address (server-side
+    /// apply, forced, as the agent's field manager).
+    StatusApplied(DhcpAddressStatus),
     /// allocate: the first write loses a race (409), the re-read shows `raced` (a newer version
     /// in which the first free MAC went to someone else) and the second write wins.
     AllocationRace { first: MacPool, raced: MacPool },
@@ -264,6 +267,7 @@ impl ApiServerVerifier {
                 Scenario::FinalizerRemoved { address, index } => {
                     self.finalizer_removed(&address, index).await
                 }
+                Scenario::StatusApplied(status) => self.status_applied(&status).await,
                 Scenario::ClaimedThenFinalizerRemoved { address, index } => {
                     self.claim(&address, Answer::Accept)
                         .await
@@ -314,13 +318,18 @@ impl ApiServerVerifier {
         })
     }
 
-    /// The next request, which must be `method path`; its JSON body (Null when empty), its
-    /// Content-Type and the way to answer it.
-    async fn expect(
+    /// The next request, which must be `method path`, read.
+    async fn expect(&mut self, method: Method, path: &str) -> Received {
+        let (request, send) = self.next(method, path).await;
+        read_request(request, send).await
+    }
+
+    /// The next request, which must be `method path`.
+    async fn next(
         &mut self,
         method: Method,
         path: &str,
-    ) -> (Value, Option<String>, SendResponse<Response<Body>>) {
+    ) -> (Request<Body>, SendResponse<Response<Body>>) {
         let Some((request, send)) = self.0.next_request().await else {
             panic!("expected {method} {path}, but the code under test stopped asking");
         };
@@ -331,21 +340,7 @@ impl ApiServerVerifier {
             request.method(),
             request.uri()
         );
-        let content_type = request
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .map(|v| v.to_str().expect("ASCII content type").to_string());
-        let bytes = request
-            .into_body()
-            .collect_bytes()
-            .await
-            .expect("request body");
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).expect("a JSON request body")
-        };
-        (body, content_type, send)
+        (request, send)
     }
 
     async fn finalizer_added(mut self, address: &DhcpAddress) -> Self {
@@ -386,6 +381,31 @@ impl ApiServerVerifier {
             }
             Answer::Conflict => conflict(send, "dhcpaddresses", NAME),
         }
+        self
+    }
+
+    async fn status_applied(mut self, expected: &DhcpAddressStatus) -> Self {
+        let path = format!("{}/status", address_path());
+        let (query, (body, content_type, send)) = {
+            let (request, send) = self.next(Method::PATCH, &path).await;
+            let query = request.uri().query().unwrap_or_default().to_string();
+            (query, read_request(request, send).await)
+        };
+        assert_eq!(
+            content_type.as_deref(),
+            Some("application/apply-patch+yaml")
+        );
+        let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+        params.sort_unstable();
+        assert_eq!(params, ["fieldManager=dhcpmanager-agent", "force=true"]);
+        assert_eq!(body["apiVersion"], "dhcpmanager.io/v1alpha1");
+        assert_eq!(body["kind"], "DhcpAddress");
+        let status: DhcpAddressStatus =
+            serde_json::from_value(body["status"].clone()).expect("a DhcpAddressStatus");
+        assert_eq!(&status, expected);
+        let mut stored = address();
+        stored.status = Some(status);
+        reply(send, &stored);
         self
     }
 
@@ -463,6 +483,27 @@ impl ApiServerVerifier {
             );
         }
     }
+}
+
+/// A request's JSON body (Null when empty), its Content-Type, and the way to answer it.
+type Received = (Value, Option<String>, SendResponse<Response<Body>>);
+
+async fn read_request(request: Request<Body>, send: SendResponse<Response<Body>>) -> Received {
+    let content_type = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| v.to_str().expect("ASCII content type").to_string());
+    let bytes = request
+        .into_body()
+        .collect_bytes()
+        .await
+        .expect("request body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("a JSON request body")
+    };
+    (body, content_type, send)
 }
 
 /// Drops the context (and with it every client of the mock) and waits for the verifier to have

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dhcpmanager_crds::Phase;
 use kube::runtime::controller::Action;
 
 use super::fixtures::*;
@@ -228,5 +229,33 @@ async fn error_policy_counts_failures_by_error() {
         text.contains("dhcpmanager_failures_total{error=\"pool_exhausted\"} 2"),
         "{text}"
     );
+    finish(ctx, server).await;
+}
+
+#[tokio::test]
+async fn error_policy_shows_a_user_fixable_error_on_an_owned_object() {
+    let (ctx, verifier) = test_context();
+    let address = address().finalized().owned_by(ME);
+    let exhausted = Error::PoolExhausted(POOL.into());
+    let mut expected = address.status.clone().expect("a status");
+    expected.phase = Some(Phase::Failed);
+    expected.last_error = Some(exhausted.to_string());
+    expected.observed_generation = Some(1);
+    let server = verifier.run(Scenario::StatusApplied(expected));
+
+    let action = error_policy(Arc::new(address), &exhausted, ctx.clone());
+    finish(ctx, server).await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+}
+
+#[tokio::test]
+async fn error_policy_writes_nothing_for_transient_errors_or_others_objects() {
+    let (ctx, verifier) = test_context();
+    let server = verifier.run(Scenario::NoRequests);
+
+    let mine = Arc::new(address().finalized().owned_by(ME));
+    error_policy(mine, &Error::Contended(POOL.into()), ctx.clone());
+    let peers = Arc::new(address().finalized().owned_by(PEER));
+    error_policy(peers, &Error::PoolExhausted(POOL.into()), ctx.clone());
     finish(ctx, server).await;
 }
