@@ -33,6 +33,11 @@ impl ApiServer {
     /// Starts the binary with the apiserver ServiceAccount's kubeconfig and waits for /readyz
     /// (which lists through the backend, so the RBAC is exercised before the test starts).
     async fn start(cluster: &Cluster, request_timeout: &str) -> ApiServer {
+        Self::start_with(cluster, request_timeout, "etcd = []\n").await
+    }
+
+    /// `config` is the rest of the TOML file (at least the `etcd` key).
+    async fn start_with(cluster: &Cluster, request_timeout: &str, config: &str) -> ApiServer {
         let rbac = render_template("templates/rbac-apiserver.yaml", AGENT_NAMESPACE);
         cluster.apply(&rbac);
         let kubeconfig = cluster
@@ -40,12 +45,9 @@ impl ApiServer {
             .service_account_kubeconfig(AGENT_NAMESPACE, APISERVER_SERVICE_ACCOUNT)
             .expect("apiserver ServiceAccount kubeconfig");
         let dir = cluster.lab.dir();
+        let text = format!("{config}request-timeout = \"{request_timeout}\"\n");
         let config = dir.join("apiserver.toml");
-        std::fs::write(
-            &config,
-            format!("etcd = []\nrequest-timeout = \"{request_timeout}\"\n"),
-        )
-        .unwrap();
+        std::fs::write(&config, text).unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
@@ -222,6 +224,13 @@ async fn kea_allocate_release_and_leave_foreign_addresses_alone() {
     assert_ne!(body["status"], "success", "{unknown:?}");
     assert_eq!(objects(&cluster, "shop", None).len(), 1);
 
+    // A service in a namespace that does not exist: a fast error, nothing created anywhere.
+    let nowhere = fork_post(server.address, "/v1/ip", "nowhere/web", None).await;
+    let body = nowhere.assert_compact_json();
+    assert_eq!(body["status"], "error", "{nowhere:?}");
+    let everywhere = cluster.json(&["get", "da", "-A", "-l", OURS]);
+    assert_eq!(everywhere["items"].as_array().unwrap().len(), 1);
+
     // A user's own DhcpAddress is never deleted through /v1.
     cluster.apply(
         "apiVersion: dhcpmanager.io/v1alpha1\nkind: DhcpAddress\nmetadata: {name: mine, namespace: shop}\nspec: {service: shop/mine}\n",
@@ -382,4 +391,188 @@ fn without_cluster_configuration_the_binary_refuses_to_start() {
         stderr.contains("no Kubernetes cluster configuration"),
         "{stderr}"
     );
+}
+
+// --- the etcd mirror over the Kubernetes backend ----------------------------------------------
+
+const ETCD_PREFIX: &str = dhcpmanager_apiserver::config::ORIGINAL_ETCD_PREFIX;
+
+/// A real etcd 3.4 on free loopback ports with a temporary data directory, killed by PID.
+struct Etcd {
+    child: Child,
+    data_dir: PathBuf,
+    endpoint: String,
+}
+
+impl Etcd {
+    async fn start() -> Etcd {
+        let free = || {
+            TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port()
+        };
+        let (client_port, peer_port) = (free(), free());
+        let data_dir =
+            std::env::temp_dir().join(format!("dm-k8s-etcd-{}-{client_port}", std::process::id()));
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let child = Command::new("/usr/bin/etcd")
+            .args(["--name", "k8s-mirror", "--data-dir"])
+            .arg(&data_dir)
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("k8s-mirror={peer_url}")])
+            .args(["--log-level", "error", "--logger", "zap"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("/usr/bin/etcd starts");
+        let etcd = Etcd {
+            child,
+            data_dir,
+            endpoint: format!("127.0.0.1:{client_port}"),
+        };
+        let give_up = Instant::now() + Duration::from_secs(30);
+        while etcd.keys().await.is_none() {
+            assert!(Instant::now() < give_up, "etcd did not become healthy");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        etcd
+    }
+
+    /// Every key under the original's prefix with its value; None while etcd is unreachable.
+    async fn keys(&self) -> Option<std::collections::BTreeMap<String, String>> {
+        let mut client = etcd_client::Client::connect([self.endpoint.as_str()], None)
+            .await
+            .ok()?;
+        let options = etcd_client::GetOptions::new().with_prefix();
+        let answer = client.get(ETCD_PREFIX, Some(options)).await.ok()?;
+        Some(
+            answer
+                .kvs()
+                .iter()
+                .map(|kv| {
+                    let key = kv.key_str().unwrap();
+                    let key = key.strip_prefix(ETCD_PREFIX).unwrap_or(key).to_string();
+                    (key, kv.value_str().unwrap().to_string())
+                })
+                .collect(),
+        )
+    }
+
+    /// Polls until `check` holds for the keys; the timeout is a safety net.
+    async fn wait_for(
+        &self,
+        what: &str,
+        check: impl Fn(&std::collections::BTreeMap<String, String>) -> bool,
+    ) -> std::collections::BTreeMap<String, String> {
+        let give_up = Instant::now() + STEP;
+        let mut last = Default::default();
+        while Instant::now() < give_up {
+            if let Some(keys) = self.keys().await {
+                if check(&keys) {
+                    return keys;
+                }
+                last = keys;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("etcd never showed {what}; last: {last:#?}");
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_mirror_and_change_signal_follow_the_cluster() {
+    let cluster = start_cluster(true);
+    let etcd = Etcd::start().await;
+    let config = format!("etcd = [\"{}\"]\n", etcd.endpoint);
+    let server = ApiServer::start_with(&cluster, "30s", &config).await;
+
+    // The free pool first: 32 seeded MACs, none used.
+    etcd.wait_for("the 32 free MACs", |keys| {
+        keys.keys().filter(|k| k.starts_with("macs/")).count() == 32
+    })
+    .await;
+
+    let (ip, id) = allocate(&server, "shop/web").await;
+    let allocation_key = format!("allocations/{id}");
+    let lookup_key = format!("lookup/{ip}");
+    let keys = etcd
+        .wait_for("the allocation, its lookup and 31 free MACs", |keys| {
+            keys.contains_key(&allocation_key)
+                && keys.get(&lookup_key) == Some(&id)
+                && keys.keys().filter(|k| k.starts_with("macs/")).count() == 31
+        })
+        .await;
+    let allocation: Value = serde_json::from_str(&keys[&allocation_key]).unwrap();
+    assert_eq!(allocation["ID"], id.as_str());
+    assert_eq!(allocation["Hostname"], "web.shop");
+    assert_eq!(allocation["State"], 1, "{allocation}");
+    assert_eq!(allocation["Lease"]["FixedAddress"], ip.to_string());
+    let mac = objects(&cluster, "shop", Some(OURS))[0]["status"]["mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(allocation["Interface"]["HardwareAddr"], mac.as_str());
+    assert!(!keys.contains_key(&format!("macs/{mac}")), "the used MAC");
+
+    let answer = fork_delete(server.address, "/v1/ip", &ip.to_string(), None).await;
+    assert_eq!(answer.assert_compact_json()["status"], "success");
+    etcd.wait_for("the allocation gone and its MAC free again", |keys| {
+        !keys.contains_key(&allocation_key)
+            && !keys.contains_key(&lookup_key)
+            && keys.contains_key(&format!("macs/{mac}"))
+    })
+    .await;
+    drop(server);
+
+    // The change signal itself, in process: a MacPool edit by someone else fires it.
+    use dhcpmanager_apiserver::backend::Backend;
+    use dhcpmanager_apiserver::backend::kubernetes::{KubernetesBackend, KubernetesOptions};
+    let kubeconfig = cluster
+        .cp
+        .service_account_kubeconfig(AGENT_NAMESPACE, APISERVER_SERVICE_ACCOUNT)
+        .unwrap();
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let client_config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let backend = KubernetesBackend::with_client(
+        kube::Client::try_from(client_config).unwrap(),
+        KubernetesOptions {
+            namespace: AGENT_NAMESPACE.into(),
+            mac_pool: "default".into(),
+            release_wait: Duration::from_secs(10),
+        },
+    );
+    let mut changes = backend.subscribe();
+    cluster.kubectl_ok(&[
+        "patch",
+        "macpool",
+        "default",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/macs/-","value":"02:ee:00:00:00:01"}]"#,
+    ]);
+    let new_mac: dhcpmanager_apiserver::MacAddr = "02:ee:00:00:00:01".parse().unwrap();
+    let give_up = Instant::now() + STEP;
+    loop {
+        let signal = tokio::time::timeout_at(give_up.into(), changes.recv()).await;
+        assert!(signal.is_ok(), "no change signal for the MacPool edit");
+        let status = backend.status().await.unwrap();
+        if status.available_macs.contains(&new_mac) {
+            break;
+        }
+    }
 }
