@@ -89,9 +89,13 @@ async fn open_backend(config: &Config, cli: &Cli) -> Result<(Arc<dyn Backend>, S
         release_wait: config.request_timeout,
     };
     let backend = KubernetesBackend::connect(options).await.map_err(|error| {
+        // The inner error names what was tried (in-cluster variables, the kubeconfig path).
+        let reason = match error {
+            kube::Error::InferConfig(inner) => inner.to_string(),
+            other => other.to_string(),
+        };
         Error::NoBackend(format!(
-            "no Kubernetes cluster configuration (in-cluster or KUBECONFIG): {error}; \
-             use --standalone to run without Kubernetes"
+            "no Kubernetes cluster found ({reason}); use --standalone to run without Kubernetes"
         ))
     })?;
     Ok((backend, Shutdown::Nothing))

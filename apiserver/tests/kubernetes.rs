@@ -387,10 +387,7 @@ fn without_cluster_configuration_the_binary_refuses_to_start() {
     let _ = std::fs::remove_dir_all(&home);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(
-        stderr.contains("no Kubernetes cluster configuration"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("no Kubernetes cluster found"), "{stderr}");
 }
 
 // --- the etcd mirror over the Kubernetes backend ----------------------------------------------
