@@ -1,6 +1,6 @@
 //! The Grafana dashboard against a real Prometheus: every expression of
-//! `dashboards/dhcpmanager.json`, with Grafana's variables filled in as the "All" choice does,
-//! returns data scraped from a real agent (real kube-apiserver, real Kea) and from a real
+//! `dashboards/dhcpmanager.json`, with Grafana's variables filled in as the "All" choice does
+//! (and as picking the one node does), returns data scraped from a real agent (real kube-apiserver, real Kea) and from a real
 //! standalone REST apiserver.
 //!
 //! Two Prometheus servers, because two loopbacks: the agent serves its metrics on the root
@@ -10,8 +10,8 @@
 //! a node of its own (not the agent's namespace): the agent sweeps every link of dhcpmanager's
 //! link group in its namespace that it does not own, which would include the apiserver's.
 //!
-//! Rates are evaluated at a fixed instant (see [`Anchor`]), so how long the test takes between
-//! the events and the queries never decides the outcome.
+//! Queries are evaluated no later than 50 s after the events they show (see [`Anchor`]), so how
+//! long the test takes between the events and the queries never decides the outcome.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
