@@ -52,6 +52,12 @@ impl Default for Metrics {
             "Time POST /v1/ip took to bind an address (or give up), by outcome",
             allocation_seconds.clone(),
         );
+        // Every outcome exists from the start, so rate() counts the first allocation of each too.
+        for outcome in [crate::wire::SUCCESS, crate::wire::ERROR, crate::wire::TIMEOUT] {
+            allocation_seconds.get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            });
+        }
         Metrics {
             registry,
             requests,
