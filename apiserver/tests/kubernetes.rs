@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{fork_delete, fork_post, get, json_request};
+use dhcpmanager_apiserver::backend::Backend;
 use dhcpmanager_tests::chart::{APISERVER_SERVICE_ACCOUNT, render_template};
 use dhcpmanager_tests::cluster::{AGENT_NAMESPACE, AgentOpts, Cluster};
 use dhcpmanager_tests::lab::{Server, ServerOpts};
@@ -156,6 +157,29 @@ async fn allocate(server: &ApiServer, service: &str) -> (Ipv4Addr, String) {
 
 fn pool(cluster: &Cluster) -> Value {
     cluster.json(&["get", "macpool", "default"])
+}
+
+/// The backend in this process, with the apiserver ServiceAccount's credentials.
+async fn in_process_backend(
+    cluster: &Cluster,
+) -> std::sync::Arc<dhcpmanager_apiserver::backend::kubernetes::KubernetesBackend> {
+    use dhcpmanager_apiserver::backend::kubernetes::{KubernetesBackend, KubernetesOptions};
+    let path = cluster
+        .cp
+        .service_account_kubeconfig(AGENT_NAMESPACE, APISERVER_SERVICE_ACCOUNT)
+        .unwrap();
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    KubernetesBackend::with_client(
+        kube::Client::try_from(config).unwrap(),
+        KubernetesOptions {
+            namespace: AGENT_NAMESPACE.into(),
+            mac_pool: "default".into(),
+            release_wait: Duration::from_secs(10),
+        },
+    )
 }
 
 #[tokio::test]
@@ -322,7 +346,7 @@ async fn kea_allocate_release_and_leave_foreign_addresses_alone() {
     assert_eq!(remaining[0]["metadata"]["name"], "mine");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_dhcp_server_post_times_out_and_leaves_nothing() {
     let cluster = start_cluster(true);
     cluster.lab.stop(Server::Kea).unwrap();
@@ -367,6 +391,35 @@ async fn without_a_dhcp_server_post_times_out_and_leaves_nothing() {
         .assert_compact_json();
     assert_eq!(status["Allocations"], serde_json::json!([]), "{status}");
     assert_eq!(status["AvailableMACs"].as_array().unwrap().len(), 32);
+
+    // A request abandoned midway (the route's own time limit, a client gone) is withdrawn
+    // too: the pending future is dropped once its object exists and holds a MAC.
+    let backend = in_process_backend(&cluster).await;
+    let far = Instant::now() + Duration::from_secs(600);
+    let mut pending = backend.allocate("shop/abandoned", far);
+    let give_up = Instant::now() + STEP;
+    let has_mac = |c: &Cluster| {
+        objects(c, "shop", Some(OURS))
+            .first()
+            .is_some_and(|o| o["status"]["mac"].is_string())
+    };
+    while !has_mac(&cluster) {
+        tokio::select! {
+            outcome = &mut pending => panic!("no DHCP server, yet: {outcome:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        assert!(
+            Instant::now() < give_up,
+            "the pending object never appeared"
+        );
+    }
+    drop(pending);
+    cluster.wait_for("the abandoned object withdrawn", STEP, |c| {
+        objects(c, "shop", None).is_empty()
+    });
+    cluster.wait_for("its MAC back in the pool", STEP, |c| {
+        pool(c)["status"]["used"] == 0
+    });
 }
 
 #[test]
@@ -535,24 +588,7 @@ async fn etcd_mirror_and_change_signal_follow_the_cluster() {
     drop(server);
 
     // The change signal itself, in process: a MacPool edit by someone else fires it.
-    use dhcpmanager_apiserver::backend::Backend;
-    use dhcpmanager_apiserver::backend::kubernetes::{KubernetesBackend, KubernetesOptions};
-    let kubeconfig = cluster
-        .cp
-        .service_account_kubeconfig(AGENT_NAMESPACE, APISERVER_SERVICE_ACCOUNT)
-        .unwrap();
-    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    let client_config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
-    let backend = KubernetesBackend::with_client(
-        kube::Client::try_from(client_config).unwrap(),
-        KubernetesOptions {
-            namespace: AGENT_NAMESPACE.into(),
-            mac_pool: "default".into(),
-            release_wait: Duration::from_secs(10),
-        },
-    );
+    let backend = in_process_backend(&cluster).await;
     let mut changes = backend.subscribe();
     cluster.kubectl_ok(&[
         "patch",

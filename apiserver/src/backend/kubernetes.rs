@@ -26,8 +26,9 @@ use crate::backend::{Allocation, Backend, BackendError, StatusSnapshot};
 use objects::{allocation_of, held_cidr, is_ours, ours_selector};
 
 const FIELD_MANAGER: &str = "dhcpmanager-apiserver";
-/// Selects the one object of an allocation, also when its create call never answered.
-const ALLOCATION_ID_LABEL: &str = "dhcpmanager.io/allocation-id";
+/// When a withdrawal looks again: a create cut off by the deadline may still land after the
+/// first look (the API server finishes a request whose client has gone).
+const WITHDRAW_AGAIN_AFTER: Duration = Duration::from_secs(10);
 /// Read-modify-write rounds of a MacPool edit before giving up on a busy pool.
 const POOL_EDIT_ATTEMPTS: usize = 8;
 
@@ -95,10 +96,7 @@ impl KubernetesBackend {
         let id = uuid::Uuid::new_v4().to_string();
         let namespace = objects::namespace_for(service, &self.options.namespace).to_string();
         let api: Api<DhcpAddress> = Api::namespaced(self.client.clone(), &namespace);
-        let mut address = objects::new_address(service, &id, &namespace);
-        address
-            .labels_mut()
-            .insert(ALLOCATION_ID_LABEL.into(), id.clone());
+        let address = objects::new_address(service, &id, &namespace);
         // Armed before the create: if this future is dropped at any point (the route's own
         // timeout, a client gone), the object is deleted even if the create's answer was lost.
         let mut withdrawal = Withdrawal::armed(api.clone(), id.clone());
@@ -108,8 +106,14 @@ impl KubernetesBackend {
                 withdrawal.disarm();
                 Ok(allocation_of(&address))
             }
-            Ok(Err(Failure::NotCreated(error))) => {
+            // Refused by the API server: certainly nothing was created.
+            Ok(Err(Failure::NotCreated(error @ BackendError::Invalid(_)))) => {
                 withdrawal.disarm();
+                Err(error)
+            }
+            // Maybe created (the answer was lost): withdraw whatever exists.
+            Ok(Err(Failure::NotCreated(error))) => {
+                withdrawal.now().await;
                 Err(error)
             }
             Ok(Err(Failure::Unbound(reason))) => {
@@ -271,9 +275,11 @@ impl Withdrawal {
         self.armed = false;
     }
 
+    /// Withdraws before returning; if this is dropped midway, Drop still does it.
     async fn now(mut self) {
+        withdraw(&self.api, &self.id).await;
         self.armed = false;
-        withdraw(self.api.clone(), self.id.clone()).await;
+        tokio::spawn(withdraw_later(self.api.clone(), self.id.clone()));
     }
 }
 
@@ -282,14 +288,23 @@ impl Drop for Withdrawal {
         if self.armed
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            runtime.spawn(withdraw(self.api.clone(), self.id.clone()));
+            let (api, id) = (self.api.clone(), self.id.clone());
+            runtime.spawn(async move {
+                withdraw(&api, &id).await;
+                withdraw_later(api, id).await;
+            });
         }
     }
 }
 
+async fn withdraw_later(api: Api<DhcpAddress>, id: String) {
+    tokio::time::sleep(WITHDRAW_AGAIN_AFTER).await;
+    withdraw(&api, &id).await;
+}
+
 /// Deleting is all it takes: the agent's finalizer releases whatever was bound meanwhile.
-async fn withdraw(api: Api<DhcpAddress>, id: String) {
-    let selector = format!("{ALLOCATION_ID_LABEL}={id},{}", ours_selector());
+async fn withdraw(api: &Api<DhcpAddress>, id: &str) {
+    let selector = objects::allocation_selector(id);
     let found = match api.list(&ListParams::default().labels(&selector)).await {
         Ok(list) => list.items,
         Err(error) => {
@@ -297,7 +312,11 @@ async fn withdraw(api: Api<DhcpAddress>, id: String) {
             return;
         }
     };
-    for address in found {
+    // Already being deleted: the finalizer is at work, nothing to add.
+    for address in found
+        .iter()
+        .filter(|a| a.metadata.deletion_timestamp.is_none())
+    {
         let name = address.name_any();
         match api.delete(&name, &DeleteParams::default()).await {
             Ok(_) => tracing::info!(id, name, "withdrew the allocation"),

@@ -16,10 +16,21 @@ pub const SERVICE_NAMESPACE_LABEL: &str = "dhcpmanager.io/service-namespace";
 pub const SERVICE_NAME_LABEL: &str = "dhcpmanager.io/service-name";
 /// The /v1 `id` of the allocation (the original's uuid; also the etcd key).
 pub const ALLOCATION_ID_ANNOTATION: &str = "dhcpmanager.io/allocation-id";
+/// The same id as a label: finds the object of an allocation whose create never answered.
+pub const ALLOCATION_ID_LABEL: &str = "dhcpmanager.io/allocation-id";
 
 /// `managed-by=dhcpmanager-apiserver`: selects exactly the objects /v1 may touch.
 pub fn ours_selector() -> String {
     format!("{MANAGED_BY_LABEL}={MANAGED_BY}")
+}
+
+/// Our object(s) of one allocation.
+pub fn allocation_selector(id: &str) -> String {
+    format!(
+        "{ALLOCATION_ID_LABEL}={},{}",
+        label_value(id),
+        ours_selector()
+    )
 }
 
 /// The namespace a new address for `service` lives in: the service's own for "ns/name",
@@ -37,7 +48,10 @@ pub fn new_address(service: &str, id: &str, namespace: &str) -> DhcpAddress {
         Some((namespace, name)) => (Some(namespace), name),
         None => (None, service),
     };
-    let mut labels = BTreeMap::from([(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string())]);
+    let mut labels = BTreeMap::from([
+        (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+        (ALLOCATION_ID_LABEL.to_string(), label_value(id)),
+    ]);
     if let Some(value) = service_namespace.map(label_value).filter(|v| !v.is_empty()) {
         labels.insert(SERVICE_NAMESPACE_LABEL.to_string(), value);
     }
@@ -212,6 +226,11 @@ mod tests {
         assert_eq!(labels[SERVICE_NAMESPACE_LABEL], "shop");
         assert_eq!(labels[SERVICE_NAME_LABEL], "web");
         assert_eq!(address.annotations()[ALLOCATION_ID_ANNOTATION], "id-1");
+        assert_eq!(labels[ALLOCATION_ID_LABEL], "id-1");
+        assert_eq!(
+            allocation_selector("id-1"),
+            "dhcpmanager.io/allocation-id=id-1,app.kubernetes.io/managed-by=dhcpmanager-apiserver"
+        );
         assert!(is_ours(&address));
     }
 
