@@ -54,7 +54,7 @@ impl Default for Metrics {
         );
         // Every outcome exists from the start, so rate() counts the first allocation of each too.
         for outcome in [crate::wire::SUCCESS, crate::wire::ERROR, crate::wire::TIMEOUT] {
-            allocation_seconds.get_or_create(&OutcomeLabels {
+            let _ = allocation_seconds.get_or_create(&OutcomeLabels {
                 outcome: outcome.to_string(),
             });
         }

@@ -1,153 +1,18 @@
 //! The etcd mirror against a real etcd 3.4 (/usr/bin/etcd) on 127.0.0.1 with free ports and a
 //! temporary data directory, killed by PID.
 
-use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod common;
 
-use chrono::Utc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::etcd::{Etcd, PREFIX, wait_until_mirrored};
 use dhcpmanager_apiserver::backend::Backend;
 use dhcpmanager_apiserver::backend::fake::{FakeBackend, FakeBehaviour};
-use dhcpmanager_apiserver::config::ORIGINAL_ETCD_PREFIX;
-use dhcpmanager_apiserver::etcd_mirror::{EtcdMirror, desired_keys};
+use dhcpmanager_apiserver::etcd_mirror::EtcdMirror;
 use dhcpmanager_apiserver::original_json::GoAllocation;
 use dhcpmanager_apiserver::{Config, MacAddr};
-use etcd_client::{Client, GetOptions};
-
-const PREFIX: &str = ORIGINAL_ETCD_PREFIX;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Etcd {
-    child: Option<Child>,
-    data_dir: PathBuf,
-    client_port: u16,
-    peer_port: u16,
-}
-
-impl Etcd {
-    fn new() -> Etcd {
-        let data_dir =
-            std::env::temp_dir().join(format!("dhcpmanager-etcd-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&data_dir);
-        Etcd {
-            child: None,
-            data_dir,
-            client_port: free_port(),
-            peer_port: free_port(),
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
-    }
-
-    async fn start(&mut self) {
-        let client_url = format!("http://127.0.0.1:{}", self.client_port);
-        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new("/usr/bin/etcd")
-            .args(["--name", "mirror-test", "--data-dir"])
-            .arg(&self.data_dir)
-            .args([
-                "--listen-client-urls",
-                &client_url,
-                "--advertise-client-urls",
-                &client_url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-cluster", &format!("mirror-test={peer_url}")])
-            .args(["--log-level", "error", "--logger", "zap"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("/usr/bin/etcd starts");
-        self.child = Some(child);
-        // Safety net only: etcd is normally up in well under a second.
-        let give_up = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(mut client) = Client::connect([self.endpoint()], None).await
-                && client.status().await.is_ok()
-            {
-                return;
-            }
-            assert!(Instant::now() < give_up, "etcd did not become healthy");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.data_dir);
-    }
-}
-
-async fn keys_under_prefix(
-    client: &mut Client,
-) -> Result<BTreeMap<String, (String, i64)>, etcd_client::Error> {
-    let answer = client
-        .get(PREFIX, Some(GetOptions::new().with_prefix()))
-        .await?;
-    Ok(answer
-        .kvs()
-        .iter()
-        .map(|kv| {
-            (
-                kv.key_str().unwrap().to_string(),
-                (kv.value_str().unwrap().to_string(), kv.lease()),
-            )
-        })
-        .collect())
-}
-
-/// Polls until etcd holds exactly what the backend's state demands; the timeout is a safety net.
-async fn wait_until_mirrored(
-    etcd: &Etcd,
-    backend: &FakeBackend,
-) -> BTreeMap<String, (String, i64)> {
-    let give_up = Instant::now() + Duration::from_secs(60);
-    let mut last = BTreeMap::new();
-    while Instant::now() < give_up {
-        let want = desired_keys(PREFIX, &backend.status().await.unwrap(), Utc::now());
-        if let Ok(mut client) = Client::connect([etcd.endpoint()], None).await
-            && let Ok(seen) = keys_under_prefix(&mut client).await
-        {
-            last = seen;
-            let same = last.len() == want.len()
-                && want.iter().all(|(key, desired)| {
-                    last.get(key)
-                        .is_some_and(|(value, _)| *value == desired.value)
-                });
-            if same {
-                return last;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("etcd never converged; last seen: {last:#?}");
-}
+use etcd_client::Client;
 
 fn mac(last: u8) -> MacAddr {
     MacAddr([0x02, 0x77, 0, 0, 0, last])
@@ -197,7 +62,7 @@ async fn mirror_writes_the_original_layout_and_rebuilds_after_an_etcd_restart() 
         .with_backoff(Duration::from_millis(50), Duration::from_millis(500));
     let task = tokio::spawn(mirror.run());
 
-    let keys = wait_until_mirrored(&etcd, &backend).await;
+    let keys = wait_until_mirrored(&etcd, backend.as_ref()).await;
     let names: Vec<&str> = keys.keys().map(String::as_str).collect();
     let allocation_key = format!("{PREFIX}allocations/{}", bound.id);
     let lookup_key = format!("{PREFIX}lookup/{ip}");
@@ -249,7 +114,7 @@ async fn mirror_writes_the_original_layout_and_rebuilds_after_an_etcd_restart() 
     backend.add_macs(vec![mac(4)]).await.unwrap();
     etcd.start().await;
 
-    let keys = wait_until_mirrored(&etcd, &backend).await;
+    let keys = wait_until_mirrored(&etcd, backend.as_ref()).await;
     assert!(
         !keys.contains_key(&allocation_key),
         "released allocation removed"
