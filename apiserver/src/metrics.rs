@@ -53,7 +53,11 @@ impl Default for Metrics {
             allocation_seconds.clone(),
         );
         // Every outcome exists from the start, so rate() counts the first allocation of each too.
-        for outcome in [crate::wire::SUCCESS, crate::wire::ERROR, crate::wire::TIMEOUT] {
+        for outcome in [
+            crate::wire::SUCCESS,
+            crate::wire::ERROR,
+            crate::wire::TIMEOUT,
+        ] {
             let _ = allocation_seconds.get_or_create(&OutcomeLabels {
                 outcome: outcome.to_string(),
             });

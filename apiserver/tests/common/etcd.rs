@@ -34,12 +34,11 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn new() -> Etcd {
-        let data_dir =
-            std::env::temp_dir().join(format!(
-                "dhcpmanager-etcd-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ));
+        let data_dir = std::env::temp_dir().join(format!(
+            "dhcpmanager-etcd-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&data_dir);
         Etcd {
             child: None,
@@ -151,4 +150,3 @@ pub async fn wait_until_mirrored<B: Backend>(
     }
     panic!("etcd never converged; last seen: {last:#?}");
 }
-
