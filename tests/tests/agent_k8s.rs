@@ -101,6 +101,28 @@ impl Drop for PortCapture {
     }
 }
 
+/// A cluster with `server` serving the lab and one agent ("node-a") in the lab's agent
+/// namespace; returns the agent's index too.
+fn with_server_and_agent(server: Server, opts: &AgentOpts) -> (Cluster, usize) {
+    let mut cluster = Cluster::start();
+    cluster.lab.start(server, ServerOpts::default()).unwrap();
+    let agent_ns = cluster.lab.agent_ns();
+    let agent = cluster.start_agent("node-a", &agent_ns, opts);
+    (cluster, agent)
+}
+
+fn with_kea_and_agent(opts: &AgentOpts) -> (Cluster, usize) {
+    with_server_and_agent(Server::Kea, opts)
+}
+
+/// The status says the lease was (re)obtained after `t`.
+fn obtained_after(status: &Value, t: chrono::DateTime<chrono::Utc>) -> bool {
+    status["obtainedAt"]
+        .as_str()
+        .and_then(|at| at.parse::<chrono::DateTime<chrono::Utc>>().ok())
+        .is_some_and(|at| at > t)
+}
+
 // --- the CRDs on the API server -------------------------------------------------------------
 
 #[test]
@@ -174,10 +196,7 @@ fn crds_are_served_with_columns_and_validation() {
 // --- kubectl apply -> Bound; delete -> released, link gone, MAC back --------------------------
 
 fn bind_and_release(server: Server) {
-    let mut cluster = Cluster::start();
-    cluster.lab.start(server, ServerOpts::default()).unwrap();
-    let agent_ns = cluster.lab.agent_ns();
-    cluster.start_agent("node-a", &agent_ns, &AgentOpts::default());
+    let cluster = with_server_and_agent(server, &AgentOpts::default()).0;
     cluster.kubectl_ok(&["create", "namespace", "shop"]);
     cluster.apply(
         "apiVersion: dhcpmanager.io/v1alpha1\nkind: DhcpAddress\nmetadata: {name: web, namespace: shop}\nspec: {service: shop/web}\n",
@@ -261,13 +280,8 @@ fn dhcpd_bind_and_release() {
 
 #[test]
 fn agent_restart_resumes_twenty_addresses_without_discover() {
-    let mut cluster = Cluster::start();
-    cluster
-        .lab
-        .start(Server::Kea, ServerOpts::default())
-        .unwrap();
+    let (mut cluster, first) = with_kea_and_agent(&AgentOpts::default());
     let agent_ns = cluster.lab.agent_ns();
-    let first = cluster.start_agent("node-a", &agent_ns, &AgentOpts::default());
     cluster.create_addresses("apps", "svc", 20);
     cluster.wait_for("20 addresses Bound", STEP, |c| all_bound(c, "apps", 20));
     let before: BTreeMap<String, Ipv4Addr> = cluster
@@ -289,11 +303,7 @@ fn agent_restart_resumes_twenty_addresses_without_discover() {
         let now = c.addresses("apps");
         now.len() == 20
             && now.iter().all(|(_, s)| {
-                phase(s) == "Bound"
-                    && s["obtainedAt"]
-                        .as_str()
-                        .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
-                        .is_some_and(|t| t > restarted_at)
+                phase(s) == "Bound" && obtained_after(s, restarted_at)
             })
     });
     let frames = capture.stop();
@@ -412,17 +422,11 @@ fn failover_between_two_nodes_keeps_ips_and_never_transmits_twice() {
 
 #[test]
 fn renewals_continue_while_the_api_server_is_down() {
-    let mut cluster = Cluster::start();
-    cluster
-        .lab
-        .start(Server::Kea, ServerOpts::default())
-        .unwrap();
-    let agent_ns = cluster.lab.agent_ns();
     let opts = AgentOpts {
         lease_duration: "60s",
         ..AgentOpts::default()
     };
-    cluster.start_agent("node-a", &agent_ns, &opts);
+    let cluster = with_kea_and_agent(&opts).0;
     cluster.create_addresses("apps", "web", 1);
     cluster.wait_for("Bound", STEP, |c| all_bound(c, "apps", 1));
     let (_, status) = cluster.addresses("apps").remove(0);
@@ -451,10 +455,7 @@ fn renewals_continue_while_the_api_server_is_down() {
         let (_, s) = c.addresses("apps").remove(0);
         phase(&s) == "Bound"
             && ip(&s) == Some(leased)
-            && s["obtainedAt"]
-                .as_str()
-                .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
-                .is_some_and(|t| t > down_at)
+            && obtained_after(&s, down_at)
     });
 }
 
@@ -462,17 +463,11 @@ fn renewals_continue_while_the_api_server_is_down() {
 
 #[test]
 fn exhausted_pool_is_reported_and_heals_when_a_mac_returns() {
-    let mut cluster = Cluster::start();
-    cluster
-        .lab
-        .start(Server::Kea, ServerOpts::default())
-        .unwrap();
-    let agent_ns = cluster.lab.agent_ns();
     let opts = AgentOpts {
         macs: vec!["02:cc:00:00:00:01".into()],
         ..AgentOpts::default()
     };
-    cluster.start_agent("node-a", &agent_ns, &opts);
+    let cluster = with_kea_and_agent(&opts).0;
     cluster.create_addresses("apps", "first", 1);
     cluster.wait_for("first Bound", STEP, |c| all_bound(c, "apps", 1));
     cluster.create_addresses("apps", "second", 1);

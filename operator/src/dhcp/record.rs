@@ -46,32 +46,12 @@ mod tests {
     use super::*;
     use chrono::TimeDelta;
 
-    pub(crate) fn sample(now: DateTime<Utc>) -> LeaseRecord {
-        LeaseRecord {
-            ip: Ipv4Addr::new(10, 0, 0, 50),
-            prefix_len: 24,
-            routers: vec![Ipv4Addr::new(10, 0, 0, 1)],
-            dns: vec![Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)],
-            domain_name: Some("lab.example".into()),
-            mac: MacAddr([2, 0, 0, 0, 0, 1]),
-            client_id: "ff0000000100030001020000000001".into(),
-            hostname: Some("web.default".into()),
-            server_id: Ipv4Addr::new(10, 0, 0, 1),
-            server_mac: Some(MacAddr([2, 0, 0, 0, 0, 0xfe])),
-            lease_seconds: 120,
-            obtained_at: now,
-            renew_at: now + TimeDelta::seconds(60),
-            rebind_at: now + TimeDelta::seconds(105),
-            expires_at: now + TimeDelta::seconds(120),
-        }
-    }
-
     #[test]
     fn valid_until_expiry_exclusive() {
         let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
             .unwrap()
             .to_utc();
-        let record = sample(now);
+        let record = crate::fixtures::lease_record(now);
         assert!(record.is_valid_at(now));
         assert!(record.is_valid_at(now + TimeDelta::seconds(119)));
         assert!(!record.is_valid_at(now + TimeDelta::seconds(120)));
@@ -82,7 +62,7 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
             .unwrap()
             .to_utc();
-        let record = sample(now);
+        let record = crate::fixtures::lease_record(now);
         let json = serde_json::to_value(&record).unwrap();
         assert_eq!(json["ip"], "10.0.0.50");
         assert_eq!(json["prefixLen"], 24);
