@@ -8,14 +8,23 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, MacVlanMode};
+use rtnetlink::sys::AsyncSocket;
 use rtnetlink::{AddressMessageBuilder, Handle, LinkMacVlan, LinkUnspec};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 /// Link group of dhcpmanager's macvlans: the ASCII bytes of "dhcp". Any value but 0 (the
 /// kernel's default group, which holds every other link) works.
 pub const DEFAULT_LINK_GROUP: u32 = 0x6468_6370;
 /// Prefix of the IFLA_IFALIAS of our links; the rest is the address identity.
 pub const ALIAS_PREFIX: &str = "dhcpmanager:";
+/// rtnetlink operations in flight at once (each is a few requests in sequence).
+const MAX_IN_FLIGHT: usize = 32;
+/// Receive buffer of the rtnetlink socket.
+const RECEIVE_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// An operation that takes longer lost a reply: report it instead of waiting forever.
+const OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
 pub const MAX_LINK_NAME_LEN: usize = 15;
 
@@ -29,6 +38,8 @@ pub enum LinkError {
     NameTooLong(String),
     #[error("link {0:?} was created but could not be found afterwards")]
     Vanished(String),
+    #[error("{0}: no answer from the kernel in time (lost netlink reply)")]
+    Timeout(String),
     #[error("refusing to delete link group 0: it is the default group of every link")]
     DefaultGroup,
     #[error("{action} failed: {source}")]
@@ -72,25 +83,36 @@ pub fn identity_from_alias(alias: &str) -> Option<&str> {
 #[derive(Clone)]
 pub struct Links {
     handle: Handle,
+    /// Operations in flight: every reply of the one rtnetlink socket must fit its receive
+    /// buffer, or the kernel drops some and the requests waiting for them never complete
+    /// (measured: 500 concurrent starts overflowed the default 208 KiB).
+    in_flight: Arc<Semaphore>,
 }
 
 impl Links {
     pub fn new(handle: Handle) -> Self {
-        Self { handle }
+        Self {
+            handle,
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        }
     }
 
     /// Opens an rtnetlink connection in the calling thread's network namespace and drives it
     /// on the current tokio runtime.
     pub fn connect() -> Result<Self, LinkError> {
-        let (connection, handle, _) = rtnetlink::new_connection().map_err(LinkError::Connect)?;
+        let (mut connection, handle, _) =
+            rtnetlink::new_connection().map_err(LinkError::Connect)?;
+        // Headroom for bursts of replies (each link dump is a few KiB); a failure to raise it
+        // only leaves the default, which MAX_IN_FLIGHT alone keeps safe.
+        let _ = connection
+            .socket_mut()
+            .socket_mut()
+            .set_rx_buf_sz(RECEIVE_BUFFER_BYTES);
         tokio::spawn(connection);
         Ok(Self::new(handle))
     }
 
-    /// Creates (or adopts) the bridge-mode macvlan `name` on `parent` with `mac`, in `group`,
-    /// with `alias`, up. A link of that name with the same MAC and parent is adopted (its group
-    /// and alias are refreshed); one that differs is replaced. Returns its ifindex.
-    pub async fn create_macvlan(
+    async fn create_macvlan_unguarded(
         &self,
         parent: &str,
         name: &str,
@@ -122,7 +144,7 @@ impl Links {
                 disable_ipv6(name);
                 return Ok(index);
             }
-            self.delete(index).await?;
+            self.delete_unguarded(index).await?;
         }
         let request = LinkMacVlan::new(name, parent_index, MacVlanMode::Bridge)
             .address(mac.to_vec())
@@ -153,8 +175,12 @@ impl Links {
         Ok(index)
     }
 
-    /// Adds `ip/prefix` to the link; adding an address it already has is not an error.
-    pub async fn assign_ip(&self, ifindex: u32, ip: Ipv4Addr, prefix: u8) -> Result<(), LinkError> {
+    async fn assign_ip_unguarded(
+        &self,
+        ifindex: u32,
+        ip: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), LinkError> {
         self.handle
             .address()
             .add(ifindex, IpAddr::V4(ip), prefix)
@@ -164,8 +190,12 @@ impl Links {
             .map_err(netlink(format!("adding {ip}/{prefix} to link {ifindex}")))
     }
 
-    /// Removes `ip/prefix` from the link; removing an absent address is not an error.
-    pub async fn remove_ip(&self, ifindex: u32, ip: Ipv4Addr, prefix: u8) -> Result<(), LinkError> {
+    async fn remove_ip_unguarded(
+        &self,
+        ifindex: u32,
+        ip: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), LinkError> {
         let message = AddressMessageBuilder::<Ipv4Addr>::new()
             .index(ifindex)
             .address(ip, prefix)
@@ -178,8 +208,7 @@ impl Links {
         }
     }
 
-    /// All links in `group`: ours, for adoption after a restart or removal as orphans.
-    pub async fn list_ours(&self, group: u32) -> Result<Vec<OwnedLink>, LinkError> {
+    async fn list_ours_unguarded(&self, group: u32) -> Result<Vec<OwnedLink>, LinkError> {
         let mut links = self.handle.link().get().execute();
         let mut ours = Vec::new();
         while let Some(message) = links
@@ -199,18 +228,14 @@ impl Links {
         Ok(ours)
     }
 
-    /// Deletes one link; a link that is already gone is not an error.
-    pub async fn delete(&self, ifindex: u32) -> Result<(), LinkError> {
+    async fn delete_unguarded(&self, ifindex: u32) -> Result<(), LinkError> {
         match self.handle.link().del(ifindex).execute().await {
             Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(()),
             other => other.map_err(netlink(format!("deleting link {ifindex}"))),
         }
     }
 
-    /// Deletes every link in `group` with one `RTM_DELLINK` (ifindex 0 + IFLA_GROUP). An empty
-    /// group is not an error. If any link in the group cannot be deleted (e.g. a physical NIC
-    /// someone put there), the kernel deletes none.
-    pub async fn delete_group(&self, group: u32) -> Result<(), LinkError> {
+    async fn delete_group_unguarded(&self, group: u32) -> Result<(), LinkError> {
         if group == 0 {
             return Err(LinkError::DefaultGroup);
         }
@@ -223,6 +248,83 @@ impl Links {
     }
 
     /// The link called `name`, if any.
+    /// Runs one operation with a place among the operations in flight and a time limit, so a
+    /// lost netlink reply turns into an error instead of a caller waiting forever.
+    async fn guarded<T>(
+        &self,
+        what: &str,
+        operation: impl std::future::Future<Output = Result<T, LinkError>>,
+    ) -> Result<T, LinkError> {
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        tokio::time::timeout(OPERATION_TIMEOUT, operation)
+            .await
+            .unwrap_or_else(|_| Err(LinkError::Timeout(what.to_string())))
+    }
+
+    /// Creates (or adopts) the bridge-mode macvlan `name` on `parent` with `mac`, in `group`,
+    /// with `alias`, up. A link of that name with the same MAC and parent is adopted (its group
+    /// and alias are refreshed); one that differs is replaced. Returns its ifindex.
+    pub async fn create_macvlan(
+        &self,
+        parent: &str,
+        name: &str,
+        mac: [u8; 6],
+        group: u32,
+        alias: &str,
+    ) -> Result<u32, LinkError> {
+        self.guarded(
+            &format!("creating macvlan {name}"),
+            self.create_macvlan_unguarded(parent, name, mac, group, alias),
+        )
+        .await
+    }
+
+    /// Adds `ip/prefix` to the link; adding an address it already has is not an error.
+    pub async fn assign_ip(&self, ifindex: u32, ip: Ipv4Addr, prefix: u8) -> Result<(), LinkError> {
+        self.guarded(
+            &format!("adding {ip}/{prefix} to link {ifindex}"),
+            self.assign_ip_unguarded(ifindex, ip, prefix),
+        )
+        .await
+    }
+
+    /// Removes `ip/prefix` from the link; an address already gone is not an error.
+    pub async fn remove_ip(&self, ifindex: u32, ip: Ipv4Addr, prefix: u8) -> Result<(), LinkError> {
+        self.guarded(
+            &format!("removing {ip}/{prefix} from link {ifindex}"),
+            self.remove_ip_unguarded(ifindex, ip, prefix),
+        )
+        .await
+    }
+
+    /// Our links: those in `group`.
+    pub async fn list_ours(&self, group: u32) -> Result<Vec<OwnedLink>, LinkError> {
+        self.guarded("listing links", self.list_ours_unguarded(group))
+            .await
+    }
+
+    /// Deletes the link; one already gone is not an error.
+    pub async fn delete(&self, ifindex: u32) -> Result<(), LinkError> {
+        self.guarded(
+            &format!("deleting link {ifindex}"),
+            self.delete_unguarded(ifindex),
+        )
+        .await
+    }
+
+    /// Deletes every link of `group` with one request.
+    pub async fn delete_group(&self, group: u32) -> Result<(), LinkError> {
+        self.guarded(
+            &format!("deleting link group {group}"),
+            self.delete_group_unguarded(group),
+        )
+        .await
+    }
+
     async fn find_by_name(&self, name: &str) -> Result<Option<LinkMessage>, LinkError> {
         let mut found = self.handle.link().get().match_name(name).execute();
         match found.try_next().await {
