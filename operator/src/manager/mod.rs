@@ -137,19 +137,8 @@ impl LeaseManager {
             return Ok(running.status.clone());
         }
         let _starting = Starting::new(&self.inner.starting, &spec.key);
-        let name = links::link_name(&spec.key);
         let mac = spec.client.mac;
-        let ifindex = self
-            .inner
-            .links
-            .create_macvlan(
-                &spec.parent,
-                &name,
-                mac.octets(),
-                self.inner.config.link_group,
-                &links::link_alias(&spec.key),
-            )
-            .await?;
+        let (name, ifindex) = self.create_link(&spec).await?;
         let socket = match self.open_socket(ifindex, mac) {
             Ok(socket) => socket,
             Err(error) => {
@@ -223,6 +212,23 @@ impl LeaseManager {
         Ok(status_rx)
     }
 
+    /// The macvlan of `spec` (created, or adopted when it survived a restart): name and ifindex.
+    async fn create_link(&self, spec: &AddressSpec) -> Result<(String, u32), Error> {
+        let name = links::link_name(&spec.key);
+        let ifindex = self
+            .inner
+            .links
+            .create_macvlan(
+                &spec.parent,
+                &name,
+                spec.client.mac.octets(),
+                self.inner.config.link_group,
+                &links::link_alias(&spec.key),
+            )
+            .await?;
+        Ok((name, ifindex))
+    }
+
     fn open_socket(&self, ifindex: u32, mac: crate::dhcp::MacAddr) -> std::io::Result<DhcpSocket> {
         self.inner
             .config
@@ -289,18 +295,7 @@ impl LeaseManager {
         spec: AddressSpec,
         record: LeaseRecord,
     ) -> Result<(), Error> {
-        let name = links::link_name(&spec.key);
-        let ifindex = self
-            .inner
-            .links
-            .create_macvlan(
-                &spec.parent,
-                &name,
-                spec.client.mac.octets(),
-                self.inner.config.link_group,
-                &links::link_alias(&spec.key),
-            )
-            .await?;
+        let (name, ifindex) = self.create_link(&spec).await?;
         let result = self.open_socket(ifindex, spec.client.mac).map(|socket| {
             let now = Utc::now();
             let mut client = Client::resume(spec.client, record, now, rand::random());
