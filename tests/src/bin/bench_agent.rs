@@ -99,6 +99,8 @@ struct OneAtATime {
     delete_to_gone: Latency,
     /// The very first address after the agent started, not in the series above.
     first_after_agent_start_ms: f64,
+    /// The agent's own counters over this phase (first address included).
+    agent: AgentCounters,
 }
 
 #[derive(Debug, Serialize)]
@@ -114,6 +116,8 @@ struct ManyAtOnce {
     create_to_bound: Latency,
     /// First delete sent → the last object gone.
     delete_all_gone_s: f64,
+    /// The agent's own counters over this phase.
+    agent: AgentCounters,
 }
 
 #[derive(Debug, Serialize)]
@@ -148,7 +152,10 @@ async fn watch_addresses(api: Api<DhcpAddress>, seen: watch::Sender<Seen>) {
             Ok(Some(event)) => event,
             Ok(None) => return,
             Err(e) => {
+                // The watcher retries on the next poll; the pause keeps a dead connection from
+                // turning this task into a busy loop that also never yields to an abort.
                 eprintln!("watch: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         };
@@ -202,6 +209,90 @@ fn address(name: &str) -> DhcpAddress {
     da
 }
 
+// --- the agent's own view --------------------------------------------------------------------
+
+/// Counters from the agent's /metrics: how long its DHCP clients took (engine start → Bound, the
+/// `time_to_bound_seconds` histogram), packets, failed reconciles. The difference to create →
+/// Bound is the Kubernetes side: API round trips and watch/reconcile hops.
+#[derive(Debug, Default, Clone, Serialize)]
+struct AgentCounters {
+    bound: f64,
+    /// Mean engine start → Bound in ms (`time_to_bound_seconds` sum / count).
+    mean_engine_time_to_bound_ms: f64,
+    time_to_bound_sum_s: f64,
+    packets_sent: f64,
+    packets_received: f64,
+    /// Failed reconciles (every `failures_total` series).
+    failures: f64,
+    /// The same by the error label: what made them fail.
+    failures_by_error: std::collections::BTreeMap<String, f64>,
+}
+
+impl AgentCounters {
+    fn scrape(addr: std::net::SocketAddr) -> AgentCounters {
+        let text = metrics_text(addr).unwrap_or_default();
+        let sum_of = |name: &str| -> f64 {
+            text.lines()
+                .filter(|l| {
+                    l.strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with([' ', '{']))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        AgentCounters {
+            bound: sum_of("dhcpmanager_time_to_bound_seconds_count"),
+            mean_engine_time_to_bound_ms: f64::NAN,
+            time_to_bound_sum_s: sum_of("dhcpmanager_time_to_bound_seconds_sum"),
+            packets_sent: sum_of("dhcpmanager_packets_sent_total"),
+            packets_received: sum_of("dhcpmanager_packets_received_total"),
+            failures: sum_of("dhcpmanager_failures_total"),
+            failures_by_error: text
+                .lines()
+                .filter_map(|l| l.strip_prefix("dhcpmanager_failures_total{error=\""))
+                .filter_map(|l| {
+                    let (label, rest) = l.split_once('"')?;
+                    Some((label.to_string(), rest.rsplit(' ').next()?.parse().ok()?))
+                })
+                .collect(),
+        }
+    }
+
+    fn since(&self, before: &AgentCounters) -> AgentCounters {
+        let bound = self.bound - before.bound;
+        let sum = self.time_to_bound_sum_s - before.time_to_bound_sum_s;
+        AgentCounters {
+            bound,
+            mean_engine_time_to_bound_ms: sum / bound * 1e3,
+            time_to_bound_sum_s: sum,
+            packets_sent: self.packets_sent - before.packets_sent,
+            packets_received: self.packets_received - before.packets_received,
+            failures: self.failures - before.failures,
+            failures_by_error: self
+                .failures_by_error
+                .iter()
+                .map(|(label, n)| {
+                    (
+                        label.clone(),
+                        n - before.failures_by_error.get(label).unwrap_or(&0.0),
+                    )
+                })
+                .filter(|(_, n)| *n > 0.0)
+                .collect(),
+        }
+    }
+}
+
+fn metrics_text(addr: std::net::SocketAddr) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 // --- the phases --------------------------------------------------------------------------------
 
 /// Creates `name`, waits for Bound, deletes it, waits until it is gone. Returns
@@ -252,6 +343,7 @@ async fn one_at_a_time(
         create_call: Latency::of(calls, 0),
         delete_to_gone: Latency::of(gone, 0),
         first_after_agent_start_ms: first.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
+        agent: AgentCounters::default(),
     })
 }
 
@@ -323,6 +415,7 @@ async fn many_at_once(
         wall_s: last.map_or(f64::NAN, |last| (last - t0).as_secs_f64()),
         create_to_bound: Latency::of(latencies, n - bound),
         delete_all_gone_s: last_gone.map_or(f64::NAN, |last| (last - t1).as_secs_f64()),
+        agent: AgentCounters::default(),
     })
 }
 
@@ -379,19 +472,29 @@ fn run(args: &Args) -> Result<Report> {
     cluster.kubectl_ok(&["create", "namespace", NAMESPACE]);
     let kubeconfig = cluster.cp.kubeconfig_path();
 
-    let (one, many) = runtime().block_on(async {
+    let metrics_addr = cluster.agent(0).metrics;
+    let rt = runtime();
+    let (one, many) = rt.block_on(async {
         let client = kube_client(&kubeconfig).await?;
         let api: Api<DhcpAddress> = Api::namespaced(client, NAMESPACE);
         let (tx, seen) = watch::channel(Seen::default());
         let watching = tokio::spawn(watch_addresses(api.clone(), tx));
+        let before = AgentCounters::scrape(metrics_addr);
         let one = one_at_a_time(&api, &seen, args.samples).await;
+        let between = AgentCounters::scrape(metrics_addr);
         let many = match &one {
             Ok(_) => Some(many_at_once(&api, &seen, args.many).await),
             Err(_) => None,
         };
+        let after = AgentCounters::scrape(metrics_addr);
         watching.abort();
-        Ok::<_, BenchError>((one?, many.expect("ran after the single series")?))
+        let (mut one, mut many) = (one?, many.expect("ran after the single series")?);
+        one.agent = between.since(&before);
+        many.agent = after.since(&between);
+        Ok::<_, BenchError>((one, many))
     })?;
+    // Not a blocking drop: nothing of this runtime is needed any more.
+    rt.shutdown_background();
 
     eprintln!("[raw] DORA over DhcpSocket x{}", args.samples);
     let parent = cluster.lab.parent().to_string();
@@ -405,6 +508,14 @@ fn run(args: &Args) -> Result<Report> {
             raw_mac,
         ))
     })??;
+    // Kept for the why of any slow figure (the lab directory goes with the cluster).
+    let kept_log = args.out.with_file_name("agent-bench-agent.log");
+    if let Some(dir) = kept_log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = std::fs::copy(&cluster.agent(0).log, &kept_log) {
+        eprintln!("keeping the agent log: {e}");
+    }
     drop(cluster);
     Ok(Report {
         date_utc: figures::date_utc(),
@@ -468,6 +579,18 @@ fn table(r: &Report) -> String {
         many.wall_s,
         many.delete_all_gone_s
     );
+    for (phase, a) in [("one at a time", &one.agent), ("many at once", &many.agent)] {
+        let _ = writeln!(
+            s,
+            "agent's own counters, {phase}: {} bound, engine start -> Bound mean {:.2} ms, packets sent {} received {}, failed reconciles {} {:?}",
+            a.bound,
+            a.mean_engine_time_to_bound_ms,
+            a.packets_sent,
+            a.packets_received,
+            a.failures,
+            a.failures_by_error
+        );
+    }
     let _ = writeln!(
         s,
         "one at a time: p50 create -> Bound {:.1} ms = {:.1}x the raw exchange p50 (target: p50 < {} ms)",

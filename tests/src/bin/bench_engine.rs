@@ -14,7 +14,6 @@
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -24,9 +23,9 @@ use dhcpmanager_operator::dhcp::{ClientConfig, MacAddr};
 use dhcpmanager_operator::manager::{
     AddressSpec, CounterSnapshot, LeaseManager, ManagerConfig, PersistFn, wait_bound,
 };
-use dhcpmanager_operator::net::links::{self, LinkError, Links};
-use dhcpmanager_operator::net::packet_socket::{DhcpSocket, Received};
-use dhcpmanager_tests::bootp::{self, DhcpMessage, MessageType};
+use dhcpmanager_operator::net::links::LinkError;
+use dhcpmanager_tests::bench::figures::{self, Latency};
+use dhcpmanager_tests::bench::raw_dora::{self, RawDoraError};
 use dhcpmanager_tests::lab::{Lab, SERVER_ADDR_1, Server, ServerOpts};
 use dhcpmanager_tests::lab_error::LabError;
 use dhcpmanager_tests::netns::in_netns;
@@ -57,6 +56,8 @@ enum BenchError {
     Engine(#[from] dhcpmanager_operator::error::Error),
     #[error(transparent)]
     Link(#[from] LinkError),
+    #[error(transparent)]
+    Raw(#[from] RawDoraError),
     #[error("{0}: {1}")]
     Io(String, #[source] std::io::Error),
     #[error("{0}")]
@@ -121,48 +122,6 @@ fn parse_args() -> Result<Args> {
 }
 
 // --- figures -----------------------------------------------------------------------------------
-
-/// Latency figures of one series, in milliseconds.
-#[derive(Debug, Serialize)]
-struct Latency {
-    samples: usize,
-    failed: usize,
-    p50_ms: f64,
-    p99_ms: f64,
-    min_ms: f64,
-    mean_ms: f64,
-    max_ms: f64,
-}
-
-impl Latency {
-    fn of(mut times: Vec<Duration>, failed: usize) -> Latency {
-        times.sort();
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        // nearest rank: the smallest sample with at least p% of the samples at or below it
-        let rank = |p: f64| {
-            if times.is_empty() {
-                f64::NAN
-            } else {
-                let k = ((p * times.len() as f64).ceil() as usize).clamp(1, times.len());
-                ms(times[k - 1])
-            }
-        };
-        let mean = if times.is_empty() {
-            f64::NAN
-        } else {
-            times.iter().map(|d| ms(*d)).sum::<f64>() / times.len() as f64
-        };
-        Latency {
-            samples: times.len(),
-            failed,
-            p50_ms: rank(0.50),
-            p99_ms: rank(0.99),
-            min_ms: times.first().map_or(f64::NAN, |d| ms(*d)),
-            mean_ms: mean,
-            max_ms: times.last().map_or(f64::NAN, |d| ms(*d)),
-        }
-    }
-}
 
 /// One-lease series of one server.
 #[derive(Debug, Serialize)]
@@ -471,152 +430,6 @@ async fn engine_one_by_one(parent: &str, samples: usize, server: u8) -> Result<E
     Ok(out)
 }
 
-/// The reply to `xid` of type `kind`, skipping everything else (other clients' broadcasts).
-async fn reply_of(
-    socket: &DhcpSocket,
-    xid: u32,
-    kind: MessageType,
-) -> Result<(DhcpMessage, Received)> {
-    loop {
-        let frame = socket
-            .recv()
-            .await
-            .map_err(io_error("receiving on the raw socket"))?;
-        if let Some(msg) = bootp::decode(&frame.payload)
-            && msg.op == 2
-            && msg.xid == xid
-        {
-            if msg.message_type == Some(kind) {
-                return Ok((msg, frame));
-            }
-            return Err(BenchError::Protocol(format!(
-                "expected {kind:?}, got {:?}",
-                msg.message_type
-            )));
-        }
-    }
-}
-
-/// DISCOVER→OFFER→REQUEST→ACK, nothing else: no options beyond the minimum, no retries.
-/// Returns the leased IP, the server id and the server's MAC (for the RELEASE).
-async fn raw_dora(
-    socket: &DhcpSocket,
-    mac: [u8; 6],
-    xid: u32,
-) -> Result<(Ipv4Addr, Ipv4Addr, [u8; 6])> {
-    let discover = bootp::discover(mac, xid);
-    let send = |msg: &DhcpMessage| {
-        socket
-            .send(
-                None,
-                Ipv4Addr::UNSPECIFIED,
-                Ipv4Addr::BROADCAST,
-                &bootp::encode_request(msg),
-            )
-            .map_err(io_error("sending on the raw socket"))
-    };
-    send(&discover)?;
-    let (offer, _) = reply_of(socket, xid, MessageType::Offer).await?;
-    let server_id = offer
-        .server_id
-        .ok_or_else(|| BenchError::Protocol("OFFER without server id".into()))?;
-    let request = DhcpMessage {
-        message_type: Some(MessageType::Request),
-        requested_ip: Some(offer.yiaddr),
-        server_id: Some(server_id),
-        ..discover
-    };
-    send(&request)?;
-    let (ack, frame) = reply_of(socket, xid, MessageType::Ack).await?;
-    Ok((ack.yiaddr, server_id, frame.src_mac))
-}
-
-fn raw_release(
-    socket: &DhcpSocket,
-    mac: [u8; 6],
-    lease: (Ipv4Addr, Ipv4Addr, [u8; 6]),
-) -> Result<()> {
-    let (ip, server_id, server_mac) = lease;
-    let release = DhcpMessage {
-        message_type: Some(MessageType::Release),
-        broadcast_flag: false,
-        ciaddr: ip,
-        requested_ip: None,
-        server_id: Some(server_id),
-        ..bootp::discover(mac, rand_xid())
-    };
-    socket
-        .send(
-            Some(server_mac),
-            ip,
-            server_id,
-            &bootp::encode_request(&release),
-        )
-        .map_err(io_error("sending RELEASE"))
-}
-
-fn rand_xid() -> u32 {
-    // Distinct per call is all that matters; the clock's low bits are enough here.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    nanos ^ 0x5eed_0000
-}
-
-struct RawSamples {
-    exchange: Vec<Duration>,
-    total: Vec<Duration>,
-    failed: usize,
-}
-
-async fn raw_one_by_one(parent: &str, samples: usize, server: u8) -> Result<RawSamples> {
-    let links = Links::connect()?;
-    let mut out = RawSamples {
-        exchange: Vec::new(),
-        total: Vec::new(),
-        failed: 0,
-    };
-    for i in 0..samples {
-        let mac = mac_for(0x20, server, i);
-        let identity = format!("bench/raw-{server}-{i}");
-        let name = links::link_name(&identity);
-        let t0 = Instant::now();
-        let ifindex = links
-            .create_macvlan(
-                parent,
-                &name,
-                mac,
-                RAW_LINK_GROUP,
-                &links::link_alias(&identity),
-            )
-            .await?;
-        let socket = DhcpSocket::open(ifindex, mac).map_err(io_error("opening DhcpSocket"))?;
-        let t1 = Instant::now();
-        let xid = rand_xid();
-        match tokio::time::timeout(LEASE_TIMEOUT, raw_dora(&socket, mac, xid)).await {
-            Ok(Ok(lease)) => {
-                let t2 = Instant::now();
-                out.exchange.push(t2 - t1);
-                out.total.push(t2 - t0);
-                raw_release(&socket, mac, lease)?;
-            }
-            Ok(Err(e)) => {
-                eprintln!("raw sample {i}: {e}");
-                out.failed += 1;
-            }
-            Err(_) => {
-                eprintln!("raw sample {i}: no ACK within {LEASE_TIMEOUT:?}");
-                out.failed += 1;
-            }
-        }
-        drop(socket);
-        links.delete(ifindex).await?;
-    }
-    links.delete_group(RAW_LINK_GROUP).await?;
-    Ok(out)
-}
-
 /// udhcpc from spawn to its hook's `bound` line; it releases (-R) on its way out, untimed.
 fn udhcpc_one_by_one(lab: &Lab, samples: usize, server: u8) -> Result<(Vec<Duration>, usize)> {
     let mut times = Vec::new();
@@ -675,7 +488,13 @@ fn single_lease(lab: &Lab, server: Server, samples: usize) -> Result<SingleLease
     })??;
     eprintln!("[{}] raw floor x{samples}", server.name());
     let raw = in_netns(&lab.agent_ns(), || {
-        runtime().block_on(raw_one_by_one(&parent, samples, code))
+        runtime().block_on(raw_dora::raw_one_by_one(
+            &parent,
+            samples,
+            RAW_LINK_GROUP,
+            LEASE_TIMEOUT,
+            |i| mac_for(0x20, code, i),
+        ))
     })??;
     eprintln!("[{}] busybox udhcpc x{samples}", server.name());
     let (udhcpc, udhcpc_failed) = udhcpc_one_by_one(lab, samples, code)?;
@@ -968,33 +787,11 @@ fn table(report: &Report) -> String {
     s
 }
 
-fn date_utc() -> String {
-    Command::new("date")
-        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_default();
-    format!("{cpus} cores ({model}), Linux {}", kernel.trim())
-}
-
 fn run(args: &Args) -> Result<Report> {
     let lab = Lab::up()?;
     let mut report = Report {
-        date_utc: date_utc(),
-        machine: machine(),
+        date_utc: figures::date_utc(),
+        machine: figures::machine(),
         kea_pool: "10.77.1.0 - 10.77.255.250 of 10.77.0.0/16".into(),
         kea_lease_secs: KEA_LEASE_SECS,
         high_rate: (HIGH_RATE, HIGH_BURST),
