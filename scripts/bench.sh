@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The lease-engine benchmark (figures, no assertions), as root:
-#   sudo scripts/bench.sh [--samples N] [--servers kea,dnsmasq,dhcpd] [--hold-secs S] [--out FILE]
-# Installs what it lacks (scripts/install-deps.sh), builds bench_engine in release mode and runs it
-# in a lab of its own (network namespaces it creates and removes; nothing on the host's links).
-# Prints the table; the same figures go to target/bench/engine.json. docs/benchmarks.md explains
-# them.
+# The benchmarks (figures, no assertions), as root:
+#   sudo scripts/bench.sh [engine] [--samples N] [--servers kea,dnsmasq,dhcpd] [--hold-secs S] [--big N] [--out FILE]
+#   sudo scripts/bench.sh agent [--samples N] [--many N] [--out FILE]
+#   sudo scripts/bench.sh api [--samples N] [--backends standalone,kubernetes] [--out FILE]
+#   sudo scripts/bench.sh all        # the three above with their defaults, one after the other
+# Installs what it lacks (scripts/install-deps.sh; for agent/api also the Kubernetes binaries),
+# builds in release mode and runs in labs of their own (network namespaces they create and remove;
+# nothing on the host's links). Each prints its table; the same figures go to
+# target/bench/{engine,agent,api}.json. docs/benchmarks.md explains them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,8 +16,26 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
+which=engine
+case "${1:-}" in
+  engine|agent|api|all) which=$1; shift ;;
+esac
+
 scripts/install-deps.sh
-cargo build --release --locked -p dhcpmanager-tests --bin bench_engine
+if [ "$which" != engine ]; then
+  scripts/install-k8s-tools.sh
+  # the agent and the apiserver run as processes: release builds, found by dhcpmanager_tests::binaries
+  cargo build --release --locked -p dhcpmanager-operator -p dhcpmanager-apiserver --bins
+fi
+cargo build --release --locked -p dhcpmanager-tests --bin bench_engine --bin bench_agent --bin bench_api
 # a lab left behind by a benchmark that was killed (no destructors ran) goes first
 bash tests/lab/lab.sh gc
-exec target/release/bench_engine "$@"
+
+case "$which" in
+  all)
+    target/release/bench_engine
+    target/release/bench_agent
+    exec target/release/bench_api
+    ;;
+  *) exec "target/release/bench_$which" "$@" ;;
+esac
