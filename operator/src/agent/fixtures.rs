@@ -169,6 +169,7 @@ impl Context {
                 },
             ),
             references: Default::default(),
+            pool_locks: Default::default(),
         }
     }
 }

@@ -47,13 +47,11 @@ pub async fn allocate(
             address: address.to_string(),
             node: Some(node.to_string()),
         });
-        match write(pools, &current, allocations).await? {
-            true => {
-                info!(%pool, %address, %mac, "allocated MAC");
-                return Ok(MacAddr(mac.octets()));
-            }
-            false => continue,
+        if write(pools, &current, allocations).await? {
+            info!(%pool, %address, %mac, "allocated MAC");
+            return Ok(MacAddr(mac.octets()));
         }
+        backoff().await;
     }
     Err(Error::Contended(format!("MacPool {pool}")))
 }
@@ -81,8 +79,14 @@ pub async fn release(pools: &Api<MacPool>, pool: &str, address: &str) -> Result<
             info!(%pool, %address, "returned MAC");
             return Ok(());
         }
+        backoff().await;
     }
     Err(Error::Contended(format!("MacPool {pool}")))
+}
+
+/// After a lost race: wait a random moment so that racing agents spread out.
+async fn backoff() {
+    tokio::time::sleep(std::time::Duration::from_millis(rand::random_range(5..50))).await;
 }
 
 /// Replaces the pool's status with `allocations` (and the counts derived from them) if nobody

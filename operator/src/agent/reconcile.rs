@@ -126,6 +126,10 @@ pub fn error_policy(address: Arc<DhcpAddress>, error: &Error, ctx: Arc<Context>)
         let key = (address.namespace().unwrap_or_default(), address.name_any());
         ctx.report_status(key, status);
     }
+    if matches!(error, Error::Contended(_)) {
+        // Lost a race with other agents: try again soon, at a random moment.
+        return Action::requeue(Duration::from_millis(rand::random_range(100..500)));
+    }
     Action::requeue(Duration::from_secs(5))
 }
 
@@ -193,7 +197,10 @@ async fn resolve_mac(
         .and_then(|m| m.parse::<MacAddr>().ok());
     let mac = match recorded {
         Some(mac) => mac,
-        None => super::mac_pool::allocate(&pools, &pool_name, key, ctx.ownership.node()).await?,
+        None => {
+            let _pool = ctx.pool_lock(&pool_name).await;
+            super::mac_pool::allocate(&pools, &pool_name, key, ctx.ownership.node()).await?
+        }
     };
     Ok((mac, pool))
 }
@@ -304,7 +311,9 @@ async fn finalize(
     }
     if address.spec.mac.is_none() {
         let pools: Api<MacPool> = Api::all(ctx.client.clone());
-        super::mac_pool::release(&pools, &pool_of(address, ctx), key).await?;
+        let pool_name = pool_of(address, ctx);
+        let _pool = ctx.pool_lock(&pool_name).await;
+        super::mac_pool::release(&pools, &pool_name, key).await?;
     }
     // Test-and-remove of exactly our entry: concurrent status writes do not conflict with it,
     // and nobody else's finalizer can be lost.
