@@ -302,9 +302,9 @@ fn agent_restart_resumes_twenty_addresses_without_discover() {
     cluster.wait_for("every address renewed by the new agent", STEP, |c| {
         let now = c.addresses("apps");
         now.len() == 20
-            && now.iter().all(|(_, s)| {
-                phase(s) == "Bound" && obtained_after(s, restarted_at)
-            })
+            && now
+                .iter()
+                .all(|(_, s)| phase(s) == "Bound" && obtained_after(s, restarted_at))
     });
     let frames = capture.stop();
     let after: BTreeMap<String, Ipv4Addr> = cluster
@@ -453,9 +453,7 @@ fn renewals_continue_while_the_api_server_is_down() {
     cluster.cp.restart();
     cluster.wait_for("status caught up with the renewals", STEP, |c| {
         let (_, s) = c.addresses("apps").remove(0);
-        phase(&s) == "Bound"
-            && ip(&s) == Some(leased)
-            && obtained_after(&s, down_at)
+        phase(&s) == "Bound" && ip(&s) == Some(leased) && obtained_after(&s, down_at)
     });
 }
 
