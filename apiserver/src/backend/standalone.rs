@@ -334,12 +334,18 @@ impl Core {
             }
         };
         self.shared.notify();
-        if let Err(problem) = written(saved).await {
-            self.withdraw(&id, false).await;
+        // The pending record is made durable while the link comes up: a crash before it is on
+        // disk leaves at most a lease nobody renews (it expires at the server) and a link the
+        // next start sweeps away; never an address handed out and then forgotten, because the
+        // answer waits for the confirmed record below.
+        let (saved, started) =
+            tokio::join!(written(saved), self.manager.start(self.spec(&stored), None));
+        if let Err(problem) = saved {
+            self.withdraw(&id, started.is_ok()).await;
             let _ = answer.send(Err(BackendError::Unavailable(problem)));
             return;
         }
-        let mut status = match self.manager.start(self.spec(&stored), None).await {
+        let mut status = match started {
             Ok(status) => status,
             Err(error) => {
                 self.withdraw(&id, false).await;
