@@ -18,11 +18,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use dhcpmanager_crds::{DhcpAddress, DhcpAddressSpec, Phase};
+use dhcpmanager_tests::bench::error::BenchError;
 use dhcpmanager_tests::bench::figures::{self, Latency};
-use dhcpmanager_tests::bench::raw_dora::{self, RawDoraError};
+use dhcpmanager_tests::bench::raw_dora;
 use dhcpmanager_tests::cluster::{AgentOpts, Cluster};
 use dhcpmanager_tests::lab::{Server, ServerOpts};
-use dhcpmanager_tests::lab_error::LabError;
 use dhcpmanager_tests::netns::in_netns;
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, DeleteParams, PostParams};
@@ -39,22 +39,6 @@ const RAW_LINK_GROUP: u32 = 0x6261_6761; // "baga"
 const LEASE_SECS: u32 = 600;
 const AGENT_MACS: usize = 128;
 const TARGET_P50_MS: f64 = 50.0;
-
-#[derive(Debug, thiserror::Error)]
-enum BenchError {
-    #[error(transparent)]
-    Lab(#[from] LabError),
-    #[error(transparent)]
-    Raw(#[from] RawDoraError),
-    #[error("kube: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("kubeconfig: {0}")]
-    Kubeconfig(String),
-    #[error("{0}")]
-    Timeout(String),
-    #[error("usage: bench_agent [--samples N] [--many N] [--out FILE]")]
-    Usage,
-}
 
 type Result<T> = std::result::Result<T, BenchError>;
 

@@ -20,12 +20,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dhcpmanager_tests::bench::error::BenchError;
 use dhcpmanager_tests::bench::figures::{self, Latency};
-use dhcpmanager_tests::bench::raw_dora::{self, RawDoraError, RawSamples};
+use dhcpmanager_tests::bench::raw_dora::{self, RawSamples};
 use dhcpmanager_tests::binaries;
 use dhcpmanager_tests::cluster::{AgentOpts, Cluster};
 use dhcpmanager_tests::lab::{Lab, Server, ServerOpts};
-use dhcpmanager_tests::lab_error::LabError;
 use dhcpmanager_tests::netns::in_netns;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,20 +42,6 @@ const CONCURRENCY: [usize; 3] = [1, 10, 100];
 const TARGET_P50_VS_RAW: f64 = 3.0;
 /// Port of the standalone apiserver inside the lab's own namespace (nothing else listens there).
 const STANDALONE_PORT: u16 = 8000;
-
-#[derive(Debug, thiserror::Error)]
-enum BenchError {
-    #[error(transparent)]
-    Lab(#[from] LabError),
-    #[error(transparent)]
-    Raw(#[from] RawDoraError),
-    #[error("{0}: {1}")]
-    Io(String, #[source] std::io::Error),
-    #[error("{0}")]
-    NotReady(String),
-    #[error("usage: bench_api [--samples N] [--backends standalone,kubernetes] [--out FILE]")]
-    Usage,
-}
 
 type Result<T> = std::result::Result<T, BenchError>;
 

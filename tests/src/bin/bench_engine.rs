@@ -23,11 +23,10 @@ use dhcpmanager_operator::dhcp::{ClientConfig, MacAddr};
 use dhcpmanager_operator::manager::{
     AddressSpec, CounterSnapshot, LeaseManager, ManagerConfig, PersistFn, wait_bound,
 };
-use dhcpmanager_operator::net::links::LinkError;
+use dhcpmanager_tests::bench::error::BenchError;
 use dhcpmanager_tests::bench::figures::{self, Latency};
-use dhcpmanager_tests::bench::raw_dora::{self, RawDoraError};
+use dhcpmanager_tests::bench::raw_dora;
 use dhcpmanager_tests::lab::{Lab, SERVER_ADDR_1, Server, ServerOpts};
-use dhcpmanager_tests::lab_error::LabError;
 use dhcpmanager_tests::netns::in_netns;
 use dhcpmanager_tests::udhcpc::Udhcpc;
 use serde::Serialize;
@@ -47,26 +46,6 @@ const KEA_REBIND_SECS: u32 = 20;
 const TARGET_P50_VS_FLOOR: f64 = 2.0;
 const TARGET_500_SECS: f64 = 1.0;
 const TARGET_KIB_PER_LEASE: f64 = 20.0;
-
-#[derive(Debug, thiserror::Error)]
-enum BenchError {
-    #[error(transparent)]
-    Lab(#[from] LabError),
-    #[error(transparent)]
-    Engine(#[from] dhcpmanager_operator::error::Error),
-    #[error(transparent)]
-    Link(#[from] LinkError),
-    #[error(transparent)]
-    Raw(#[from] RawDoraError),
-    #[error("{0}: {1}")]
-    Io(String, #[source] std::io::Error),
-    #[error("{0}")]
-    Protocol(String),
-    #[error(
-        "usage: bench_engine [--samples N] [--servers kea,dnsmasq,dhcpd] [--hold-secs S] [--big N] [--out FILE]"
-    )]
-    Usage,
-}
 
 type Result<T> = std::result::Result<T, BenchError>;
 
