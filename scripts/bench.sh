@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The benchmarks (figures, no assertions), as root:
-#   sudo scripts/bench.sh [engine] [--samples N] [--servers kea,dnsmasq,dhcpd] [--hold-secs S] [--big N] [--out FILE]
-#   sudo scripts/bench.sh agent [--samples N] [--many N] [--out FILE]
-#   sudo scripts/bench.sh api [--samples N] [--backends standalone,kubernetes] [--out FILE]
-#   sudo scripts/bench.sh all        # the three above with their defaults, one after the other
+#   scripts/bench.sh [engine] [--samples N] [--servers kea,dnsmasq,dhcpd] [--hold-secs S] [--big N] [--out FILE]
+#   scripts/bench.sh agent [--samples N] [--many N] [--out FILE]
+#   scripts/bench.sh api [--samples N] [--backends standalone,kubernetes] [--out FILE]
+#   scripts/bench.sh all        # the three above with their defaults, one after the other
 # Installs what it lacks (scripts/install-deps.sh; for agent/api also the Kubernetes binaries),
 # builds in release mode and runs in labs of their own (network namespaces they create and remove;
 # nothing on the host's links). Each prints its table; the same figures go to

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# dhcpmanager end to end on this machine, as root:   sudo scripts/demo.sh
+# dhcpmanager end to end on this machine, as root:   scripts/demo.sh
 #
 # Everything happens in a sandbox: network namespaces with their own L2 segment and a real DHCP
 # server (ISC Kea from Debian) on 10.77.0.0/24. Nothing is sent on the machine's real interfaces.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian bookworm machine of this kind, as root:
-#   sudo scripts/test.sh
+#   scripts/test.sh
 # It installs what it lacks first (Debian packages, rustfmt/clippy, the Kubernetes binaries built
 # once from the Go module proxy and cached), then checks formatting and lints, then runs every
 # test: unit tests, and end-to-end tests against real dnsmasq, Kea and ISC dhcpd in network
