@@ -108,7 +108,7 @@ pub enum BackendError {
 }
 
 /// The option-12 hostname of a service ("ns/name" → "name.ns"), shared with the DHCP client.
-pub use dhcpmanager_operator::dhcp::hostname_for_service;
+pub use dhcpmanager_crds::hostname_for_service;
 
 /// `a.b.c.d/len` of the network a lease belongs to; None without a (contiguous) mask.
 pub fn lease_cidr(ip: Ipv4Addr, mask: Ipv4Addr) -> Option<String> {

@@ -181,10 +181,15 @@ impl DhcpAddress {
     }
 }
 
-/// The original service's rule: `"ns/name"` becomes `"name.ns"`, a bare `"name"` stays.
+/// The original service's rule: `"ns/name"` becomes `"name.ns"` (so that a DHCP-tied DNS
+/// resolves it inside the namespace's subdomain), a bare `"name"` stays. The one place this rule
+/// lives: the agent, the standalone apiserver and the `lease` command all call it.
 pub fn hostname_for_service(service: &str) -> String {
     match service.split_once('/') {
-        Some((namespace, name)) => format!("{name}.{namespace}"),
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => {
+            format!("{name}.{namespace}")
+        }
+        Some((namespace, name)) => format!("{namespace}{name}"),
         None => service.to_string(),
     }
 }
@@ -216,6 +221,12 @@ mod tests {
     fn service_ns_slash_name_becomes_name_dot_ns() {
         assert_eq!(hostname_for_service("default/web"), "web.default");
         assert_eq!(hostname_for_service("web"), "web");
+        assert_eq!(
+            hostname_for_service("kube-system/dns-lb"),
+            "dns-lb.kube-system"
+        );
+        assert_eq!(hostname_for_service("/web"), "web");
+        assert_eq!(hostname_for_service("ns/"), "ns");
     }
 
     #[test]

@@ -14,7 +14,9 @@ use clap::Args;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::dhcp::{ClientConfig, ClientIdMode, LeaseRecord, MacAddr, hostname_for_service};
+use dhcpmanager_crds::hostname_for_service;
+
+use crate::dhcp::{ClientConfig, ClientIdMode, LeaseRecord, MacAddr};
 use crate::error::Error;
 use crate::manager::{AddressSpec, LeaseManager, ManagerConfig, PersistFn, wait_bound};
 use crate::state_file;

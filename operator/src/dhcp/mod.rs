@@ -19,7 +19,7 @@ pub use error::Error;
 pub use event::{Action, ClientEvent};
 pub use mac::MacAddr;
 pub use message::{L2Dest, MessageKind, Transmission};
-pub use options::{client_id_bytes, hostname_for_service};
+pub use options::client_id_bytes;
 pub use record::LeaseRecord;
 pub use reply::RejectReason;
 pub use state::State;

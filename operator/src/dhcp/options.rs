@@ -11,18 +11,6 @@ pub const MAX_MESSAGE_SIZE: u16 = 1500;
 /// Option codes the exchange itself owns; `extra_options` may not override them.
 const PROTOCOL_OWNED_CODES: [u8; 7] = [0, 50, 52, 53, 54, 61, 255];
 
-/// The hostname the original service sent for a Service: "ns/name" becomes "name.ns" so that a
-/// DHCP-tied DNS resolves it inside the namespace's subdomain; a bare "name" stays as it is.
-pub fn hostname_for_service(service: &str) -> String {
-    match service.split_once('/') {
-        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => {
-            format!("{name}.{namespace}")
-        }
-        Some((namespace, name)) => format!("{namespace}{name}"),
-        None => service.to_string(),
-    }
-}
-
 /// Option 61 for this MAC in the given mode.
 pub fn client_id_bytes(mode: &ClientIdMode, mac: MacAddr) -> Vec<u8> {
     let octets = mac.octets();
@@ -113,18 +101,6 @@ mod tests {
     use super::*;
 
     const MAC: MacAddr = MacAddr([0x02, 0x11, 0x22, 0x33, 0x44, 0x55]);
-
-    #[test]
-    fn hostname_follows_the_original_service() {
-        assert_eq!(hostname_for_service("default/web"), "web.default");
-        assert_eq!(hostname_for_service("web"), "web");
-        assert_eq!(
-            hostname_for_service("kube-system/dns-lb"),
-            "dns-lb.kube-system"
-        );
-        assert_eq!(hostname_for_service("/web"), "web");
-        assert_eq!(hostname_for_service("ns/"), "ns");
-    }
 
     #[test]
     fn stable_client_id_is_rfc_4361_iaid_plus_duid_ll() {
