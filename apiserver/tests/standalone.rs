@@ -22,7 +22,7 @@ use dhcpmanager_apiserver::store::{Phase, Store};
 use dhcpmanager_apiserver::{Config, MacAddr, server};
 use dhcpmanager_operator::dhcp::State;
 use dhcpmanager_tests::bootp::MessageType;
-use dhcpmanager_tests::lab::{Lab, SERVER_ADDR_2, Server, ServerLease, ServerOpts};
+use dhcpmanager_tests::lab::{Lab, SERVER_ADDR_2, Server, ServerOpts, active_lease};
 use dhcpmanager_tests::netns::in_netns;
 
 /// Safety net for an exchange with a server that answers at once (not a timing assertion).
@@ -134,31 +134,6 @@ fn stored_ids(state_dir: &Path) -> Vec<String> {
     ids
 }
 
-fn active(leases: &[ServerLease], ip: Ipv4Addr) -> Option<&ServerLease> {
-    leases.iter().find(|l| l.ip == ip && l.state == "active")
-}
-
-/// Polls the server's lease database until `done` holds (servers write it asynchronously).
-fn wait_for_leases(
-    lab: &Lab,
-    server: Server,
-    what: &str,
-    done: impl Fn(&[ServerLease]) -> bool,
-) -> Vec<ServerLease> {
-    let started = Instant::now();
-    loop {
-        let leases = lab.leases(server).expect("lease database");
-        if done(&leases) {
-            return leases;
-        }
-        assert!(
-            started.elapsed() < POLL_LIMIT,
-            "{server:?}: {what}; database: {leases:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn start_server(lab: &Lab, server: Server) {
     let lease = if server == Server::Dnsmasq { 120 } else { 60 };
     lab.start(
@@ -209,8 +184,8 @@ fn allocate_release_on(server: Server) {
     assert_ne!(first.mac, second.mac);
     assert_ne!(first.id, second.id);
     let (ip1, ip2) = (first.ip.unwrap(), second.ip.unwrap());
-    let leases = wait_for_leases(&lab, server, "both leases active", |l| {
-        active(l, ip1).is_some() && active(l, ip2).is_some()
+    let leases = lab.wait_for_leases(server, "both leases active", POLL_LIMIT, |l| {
+        active_lease(l, ip1).is_some() && active_lease(l, ip2).is_some()
     });
     // dnsmasq records only the first label of a name outside its own domain.
     let recorded = if server == Server::Dnsmasq {
@@ -220,7 +195,7 @@ fn allocate_release_on(server: Server) {
     };
     let mut named = 0;
     for allocation in [&first, &second] {
-        let lease = active(&leases, allocation.ip.unwrap()).unwrap();
+        let lease = active_lease(&leases, allocation.ip.unwrap()).unwrap();
         assert_eq!(
             lease.mac.as_deref(),
             Some(allocation.mac.unwrap().to_string().as_str())
@@ -263,8 +238,8 @@ fn allocate_release_on(server: Server) {
             assert_eq!(status.available_macs, macs);
         })
     });
-    wait_for_leases(&lab, server, "both leases released", |l| {
-        active(l, ip1).is_none() && active(l, ip2).is_none()
+    lab.wait_for_leases(server, "both leases released", POLL_LIMIT, |l| {
+        active_lease(l, ip1).is_none() && active_lease(l, ip2).is_none()
     });
     assert!(stored_ids(&dir).is_empty());
     assert!(our_links(&lab).is_empty(), "{:?}", our_links(&lab));
@@ -432,7 +407,11 @@ fn a_restart_resumes_the_same_addresses_without_discover() {
         );
     }
     let leases = lab.leases(Server::Kea).unwrap();
-    assert!(before.iter().all(|(_, ip)| active(&leases, *ip).is_some()));
+    assert!(
+        before
+            .iter()
+            .all(|(_, ip)| active_lease(&leases, *ip).is_some())
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -450,8 +429,8 @@ fn an_allocation_left_pending_by_a_crash_is_released_at_open() {
         })
     });
     let ip = bound.ip.unwrap();
-    wait_for_leases(&lab, Server::Kea, "lease active", |l| {
-        active(l, ip).is_some()
+    lab.wait_for_leases(Server::Kea, "lease active", POLL_LIMIT, |l| {
+        active_lease(l, ip).is_some()
     });
     // Rewind the store to the moment between the ACK and the answer to the client: the lease
     // is held but the client never learnt the address. Plus one crashed before any ACK.
@@ -477,8 +456,8 @@ fn an_allocation_left_pending_by_a_crash_is_released_at_open() {
     });
     assert!(stored_ids(&dir).is_empty());
     assert!(our_links(&lab).is_empty(), "{:?}", our_links(&lab));
-    wait_for_leases(&lab, Server::Kea, "the pending lease released", |l| {
-        active(l, ip).is_none()
+    lab.wait_for_leases(Server::Kea, "the pending lease released", POLL_LIMIT, |l| {
+        active_lease(l, ip).is_none()
     });
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -514,11 +493,11 @@ fn twenty_concurrent_allocations_are_all_kept_with_distinct_macs() {
     assert_eq!(distinct_macs.len(), 20);
     assert_eq!(distinct_ips.len(), 20);
     assert_eq!(stored_ids(&dir).len(), 20);
-    let leases = wait_for_leases(&lab, Server::Kea, "20 leases active", |l| {
-        distinct_ips.iter().all(|ip| active(l, *ip).is_some())
+    let leases = lab.wait_for_leases(Server::Kea, "20 leases active", POLL_LIMIT, |l| {
+        distinct_ips.iter().all(|ip| active_lease(l, *ip).is_some())
     });
     for allocation in &allocations {
-        let lease = active(&leases, allocation.ip.unwrap()).unwrap();
+        let lease = active_lease(&leases, allocation.ip.unwrap()).unwrap();
         let service = allocation.service.strip_prefix("load/").unwrap();
         assert_eq!(
             lease.hostname.as_deref(),
@@ -536,8 +515,8 @@ fn twenty_concurrent_allocations_are_all_kept_with_distinct_macs() {
             assert_eq!(backend.status().await.unwrap().available_macs, macs);
         })
     });
-    wait_for_leases(&lab, Server::Kea, "all released", |l| {
-        distinct_ips.iter().all(|ip| active(l, *ip).is_none())
+    lab.wait_for_leases(Server::Kea, "all released", POLL_LIMIT, |l| {
+        distinct_ips.iter().all(|ip| active_lease(l, *ip).is_none())
     });
     assert!(stored_ids(&dir).is_empty());
     assert!(our_links(&lab).is_empty(), "{:?}", our_links(&lab));
@@ -608,7 +587,7 @@ fn a_nak_that_moves_the_address_is_counted_and_delete_still_finds_it() {
         let leases = lab
             .leases_at(Server::Kea, SERVER_ADDR_2)
             .expect("lease database");
-        if active(&leases, new_ip).is_none() {
+        if active_lease(&leases, new_ip).is_none() {
             break;
         }
         assert!(
@@ -666,7 +645,9 @@ fn the_forks_requests_over_http_get_and_give_back_a_real_lease() {
             ip
         })
     });
-    let leases = wait_for_leases(&lab, Server::Kea, "released", |l| active(l, ip).is_none());
+    let leases = lab.wait_for_leases(Server::Kea, "released", POLL_LIMIT, |l| {
+        active_lease(l, ip).is_none()
+    });
     assert!(
         leases.iter().any(|l| l.ip == ip),
         "Kea did lease {ip}: {leases:#?}"

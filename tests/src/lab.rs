@@ -108,6 +108,11 @@ pub struct ServerLease {
     pub state: String,
 }
 
+/// The active lease of `ip` in a lease database, if any.
+pub fn active_lease(leases: &[ServerLease], ip: Ipv4Addr) -> Option<&ServerLease> {
+    leases.iter().find(|l| l.ip == ip && l.state == "active")
+}
+
 /// A running lab; `Drop` takes it down.
 #[derive(Debug)]
 pub struct Lab {
@@ -200,6 +205,32 @@ impl Lab {
     /// The lease database of `server` on 10.77.0.1, one entry per IP.
     pub fn leases(&self, server: Server) -> Result<Vec<ServerLease>, LabError> {
         self.leases_at(server, SERVER_ADDR_1)
+    }
+
+    /// Polls `server`'s lease database (on 10.77.0.1) until `done` holds — servers write it a
+    /// moment after they answer, or after a RELEASE they never answer — and returns it. `limit`
+    /// is a safety net, not a measurement.
+    pub fn wait_for_leases(
+        &self,
+        server: Server,
+        what: &str,
+        limit: std::time::Duration,
+        done: impl Fn(&[ServerLease]) -> bool,
+    ) -> Vec<ServerLease> {
+        let started = std::time::Instant::now();
+        loop {
+            let leases = self
+                .leases(server)
+                .expect("read the server's lease database");
+            if done(&leases) {
+                return leases;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{server:?}, not within {limit:?}: {what}; database: {leases:#?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     pub fn leases_at(&self, server: Server, addr: Ipv4Addr) -> Result<Vec<ServerLease>, LabError> {

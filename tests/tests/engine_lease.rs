@@ -12,7 +12,7 @@ use std::time::Duration;
 use dhcpmanager_operator::net::links::{DEFAULT_LINK_GROUP, link_name};
 use dhcpmanager_tests::binaries;
 use dhcpmanager_tests::bootp::MessageType;
-use dhcpmanager_tests::lab::{Lab, SERVER_ADDR_1, SERVER_ADDR_2, Server, ServerLease, ServerOpts};
+use dhcpmanager_tests::lab::{Lab, SERVER_ADDR_1, SERVER_ADDR_2, Server, ServerOpts, active_lease};
 use dhcpmanager_tests::process::JsonLinesProcess;
 use serde_json::Value;
 
@@ -59,13 +59,6 @@ fn ip_of(value: &Value) -> Ipv4Addr {
         .expect("an IPv4")
 }
 
-fn active_lease(lab: &Lab, server: Server, ip: Ipv4Addr) -> Option<ServerLease> {
-    lab.leases(server)
-        .expect("read the server's lease database")
-        .into_iter()
-        .find(|l| l.ip == ip && l.state == "active")
-}
-
 /// Our links (link group) left in the agent namespace.
 fn our_links(lab: &Lab) -> String {
     let out = std::process::Command::new("ip")
@@ -81,19 +74,6 @@ fn our_links(lab: &Lab) -> String {
         .output()
         .expect("ip link");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Polls until `done` (a server writes its database a moment after it answered, or, for a
-/// RELEASE, after we sent it); the deadline is a safety net.
-fn eventually(what: &str, done: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + STEP;
-    while !done() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not within {STEP:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn stable_client_id(mac: &str) -> String {
@@ -121,10 +101,10 @@ fn acquire_hold_release(server: Server) {
     assert!(in_lab_subnet(ip), "{ip}");
     assert_eq!(first["record"]["serverId"], SERVER_ADDR_1.to_string());
 
-    eventually("the server records the lease", || {
-        active_lease(&lab, server, ip).is_some()
+    let leases = lab.wait_for_leases(server, "the server records the lease", STEP, |l| {
+        active_lease(l, ip).is_some()
     });
-    let recorded = active_lease(&lab, server, ip).expect("the server holds the lease");
+    let recorded = active_lease(&leases, ip).expect("the server holds the lease");
     assert_eq!(recorded.mac.as_deref(), Some(mac));
     if server == Server::Dnsmasq {
         // dnsmasq keeps only the first label in its lease file (the rest is its own domain's
@@ -148,7 +128,7 @@ fn acquire_hold_release(server: Server) {
     // SIGTERM keeps the lease (no RELEASE) ...
     assert!(held.signal_and_wait(libc::SIGTERM).success());
     assert!(
-        active_lease(&lab, server, ip).is_some(),
+        active_lease(&lab.leases(server).unwrap(), ip).is_some(),
         "SIGTERM must not release"
     );
     assert_eq!(our_links(&lab), "", "the link goes with the process");
@@ -159,8 +139,8 @@ fn acquire_hold_release(server: Server) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    eventually(&format!("the server's database shows {ip} free"), || {
-        active_lease(&lab, server, ip).is_none()
+    lab.wait_for_leases(server, &format!("{ip} free"), STEP, |l| {
+        active_lease(l, ip).is_none()
     });
     assert!(
         !std::path::Path::new(state).exists(),
@@ -215,8 +195,8 @@ fn one_shot_with_mac_client_id(server: Server) {
     );
     assert_eq!(lease["clientId"], format!("01{}", mac.replace(':', "")));
     // The default mode releases before it exits.
-    eventually("released after printing", || {
-        active_lease(&lab, server, ip).is_none()
+    lab.wait_for_leases(server, "released after printing", STEP, |l| {
+        active_lease(l, ip).is_none()
     });
     let all = lab.leases(server).unwrap();
     if let Some(entry) = all.iter().find(|l| l.ip == ip) {
@@ -261,10 +241,10 @@ fn renews(server: Server, assign: bool) {
     let mut held = hold(&lab, &args);
     let first = held.wait_for("first bound", STEP, |v| bound(v, false));
     let ip = ip_of(&first);
-    eventually("the server records the lease", || {
-        active_lease(&lab, server, ip).is_some()
+    let leases = lab.wait_for_leases(server, "the server records the lease", STEP, |l| {
+        active_lease(l, ip).is_some()
     });
-    let before = active_lease(&lab, server, ip).expect("active").expires;
+    let before = active_lease(&leases, ip).expect("active").expires;
     if assign {
         let iface = link_name(&format!("lease/{mac}"));
         let addrs = std::process::Command::new("ip")
@@ -290,9 +270,11 @@ fn renews(server: Server, assign: bool) {
         let renewed = held.wait_for("a renewal", STEP, |v| bound(v, true));
         assert_eq!(ip_of(&renewed), ip, "renewal {n} keeps the address");
     }
-    eventually(
-        &format!("the server's database extends the lease beyond {before}"),
-        || active_lease(&lab, server, ip).is_some_and(|l| l.expires > before),
+    lab.wait_for_leases(
+        server,
+        &format!("the lease extended beyond {before}"),
+        STEP,
+        |l| active_lease(l, ip).is_some_and(|l| l.expires > before),
     );
     assert!(
         !held
