@@ -41,6 +41,9 @@ struct Cli {
     state_dir: Option<PathBuf>,
     #[arg(long)]
     max_body_bytes: Option<usize>,
+    /// Standalone: macvlans kept ready on free MACs so a POST skips link creation (0: none)
+    #[arg(long)]
+    spare_links: Option<usize>,
     /// Log as JSON lines
     #[arg(long)]
     log_json: bool,
@@ -72,6 +75,7 @@ impl Cli {
             self.state_dir.as_ref().map(|p| p.display().to_string()),
         );
         put("max-body-bytes", self.max_body_bytes.map(|n| n.to_string()));
+        put("spare-links", self.spare_links.map(|n| n.to_string()));
         overrides
     }
 }

@@ -1,13 +1,14 @@
 //! The standalone backend against real DHCP servers in the lab (tests/lab): allocations bind and
 //! show up in the server's lease database with the original's hostname, releases free them, a
 //! timeout leaves nothing behind, a restart resumes the same addresses without DISCOVER, a crash
-//! mid-POST is cleaned up at the next start, and concurrent allocations never share a MAC.
+//! mid-POST is cleaned up at the next start, concurrent allocations never share a MAC, and
+//! spare links are taken by POSTs, refilled, send nothing while idle and never outlive a start.
 //!
 //! Each "process lifetime" of the backend is one tokio runtime built on a thread inside the lab's
 //! agent namespace; dropping that runtime ends every task at once, like a crash would.
 //! Needs root and the Debian DHCP servers (scripts/install-deps.sh).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -52,11 +53,22 @@ fn state_dir(label: &str) -> PathBuf {
     dir
 }
 
+/// Without spare links, so tests can count links exactly; `with_spares` for the default path.
 fn options(lab: &Lab, state_dir: &Path, macs: Vec<MacAddr>) -> StandaloneOptions {
+    with_spares(lab, state_dir, macs, 0)
+}
+
+fn with_spares(
+    lab: &Lab,
+    state_dir: &Path,
+    macs: Vec<MacAddr>,
+    spare_links: usize,
+) -> StandaloneOptions {
     let config = Config {
         interface: lab.parent().to_string(),
         state_dir: state_dir.to_path_buf(),
         macs,
+        spare_links,
         ..Config::default()
     };
     StandaloneOptions::from_config(&config)
@@ -154,10 +166,21 @@ fn allocate_release_on(server: Server) {
 
     let (first, second) = lifetime(&lab, |rt| {
         rt.block_on(async {
-            let backend = open(options(&lab, &dir, macs.clone())).await;
+            // Every free MAC gets a spare link: both POSTs run on links made before they came.
+            let backend = open(with_spares(&lab, &dir, macs.clone(), 3)).await;
+            wait_until(|| backend.spare_interfaces().len() == 3).await;
+            let spares = backend.spare_interfaces();
             let first = backend.allocate("default/web", deadline()).await.unwrap();
             // Not idempotent per service: MetalLB may hold several pending addresses for one.
             let second = backend.allocate("default/web", deadline()).await.unwrap();
+            for allocation in [&first, &second] {
+                assert!(
+                    spares.contains(&allocation.interface.name),
+                    "{} is not one of the spares {spares:?}",
+                    allocation.interface.name
+                );
+            }
+            assert_eq!(backend.spare_interfaces().len(), 1, "no free MAC to refill");
             let status = backend.status().await.unwrap();
             assert_eq!(status.allocations.len(), 2);
             assert!(
@@ -218,7 +241,7 @@ fn allocate_release_on(server: Server) {
     // The runtime above is gone (a crash): the next lifetime resumes both, then releases.
     lifetime(&lab, |rt| {
         rt.block_on(async {
-            let backend = open(options(&lab, &dir, macs.clone())).await;
+            let backend = open(with_spares(&lab, &dir, macs.clone(), 3)).await;
             let unknown = Ipv4Addr::new(10, 77, 0, 251);
             assert_eq!(
                 backend.release(unknown).await,
@@ -235,7 +258,11 @@ fn allocate_release_on(server: Server) {
             backend.release(ip2).await.unwrap();
             let status = backend.status().await.unwrap();
             assert!(status.allocations.is_empty());
+            // spares are free MACs to the API
             assert_eq!(status.available_macs, macs);
+            // released MACs get spares again; a clean shutdown deletes them
+            wait_until(|| backend.spare_interfaces().len() == 3).await;
+            backend.shutdown().await;
         })
     });
     lab.wait_for_leases(server, "both leases released", POLL_LIMIT, |l| {
@@ -432,8 +459,10 @@ fn an_allocation_left_pending_by_a_crash_is_released_at_open() {
     lab.wait_for_leases(Server::Kea, "lease active", POLL_LIMIT, |l| {
         active_lease(l, ip).is_some()
     });
-    // Rewind the store to the moment between the ACK and the answer to the client: the lease
-    // is held but the client never learnt the address. Plus one crashed before any ACK.
+    // Rewrite the store as if a crash had come between the ACK and the answer with the lease on
+    // disk as Pending (the backend itself stores nothing before the confirmation, but a store
+    // may hold such records, e.g. restored from a backup): the lease is held, the client never
+    // learnt the address, so it is released. Plus one without a lease: forgotten.
     let (store, loaded) = Store::open(&dir).unwrap();
     let mut pending = loaded.allocations[0].clone();
     pending.phase = Phase::Pending;
@@ -471,7 +500,8 @@ fn twenty_concurrent_allocations_are_all_kept_with_distinct_macs() {
 
     let allocations = lifetime(&lab, |rt| {
         rt.block_on(async {
-            let backend = open(options(&lab, &dir, macs.clone())).await;
+            // Spares on: some POSTs take a spare, some wait for one, the rest create links.
+            let backend = open(with_spares(&lab, &dir, macs.clone(), 4)).await;
             let requests = (0..20).map(|i| {
                 let backend = backend.clone();
                 tokio::spawn(
@@ -507,12 +537,13 @@ fn twenty_concurrent_allocations_are_all_kept_with_distinct_macs() {
 
     lifetime(&lab, |rt| {
         rt.block_on(async {
-            let backend = open(options(&lab, &dir, macs.clone())).await;
+            let backend = open(with_spares(&lab, &dir, macs.clone(), 4)).await;
             let releases = distinct_ips.iter().map(|ip| backend.release(*ip));
             for outcome in futures::future::join_all(releases).await {
                 outcome.expect("release");
             }
             assert_eq!(backend.status().await.unwrap().available_macs, macs);
+            backend.shutdown().await;
         })
     });
     lab.wait_for_leases(Server::Kea, "all released", POLL_LIMIT, |l| {
@@ -654,4 +685,125 @@ fn the_forks_requests_over_http_get_and_give_back_a_real_lease() {
     );
     assert!(stored_ids(&dir).is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// MACs of our macvlans in the agent namespace, by interface name.
+fn our_link_macs(lab: &Lab) -> BTreeMap<String, MacAddr> {
+    let out = Command::new("ip")
+        .args(["-n", &lab.agent_ns(), "-o", "link", "show"])
+        .output()
+        .expect("ip link");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let name = line.split(": ").nth(1)?.split('@').next()?.to_string();
+            let mac = line
+                .split("link/ether ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()?;
+            name.starts_with("dm").then_some((name, mac))
+        })
+        .collect()
+}
+
+#[test]
+fn spare_links_are_taken_refilled_silent_while_idle_and_never_outlive_a_start() {
+    let lab = Lab::up().expect("lab up");
+    start_server(&lab, Server::Kea);
+    let dir = state_dir("spares");
+    let macs = pool(4);
+    let capture = lab.capture(lab.parent()).expect("capture");
+
+    let (taken, spare_macs_while_idle, allocation) = lifetime(&lab, |rt| {
+        rt.block_on(async {
+            let backend = open(with_spares(&lab, &dir, macs.clone(), 2)).await;
+            wait_until(|| backend.spare_interfaces().len() == 2).await;
+            let links = our_link_macs(&lab);
+            let spares = backend.spare_interfaces();
+            assert_eq!(links.keys().cloned().collect::<Vec<_>>(), spares);
+            let spare_macs: BTreeSet<MacAddr> = links.values().copied().collect();
+            // spares are free MACs to the API, and no allocation
+            let status = backend.status().await.unwrap();
+            assert_eq!(status.available_macs, macs);
+            assert!(status.allocations.is_empty());
+            // Idle a while: a spare must send nothing (checked in the capture below).
+            tokio::time::sleep(Duration::from_millis(300)).await;
+
+            let allocation = backend.allocate("default/web", deadline()).await.unwrap();
+            let taken = allocation.interface.name.clone();
+            assert!(spares.contains(&taken), "{taken} not in {spares:?}");
+            assert!(spare_macs.contains(&allocation.mac.unwrap()));
+            // refilled: the allocation's link plus two spares
+            wait_until(|| backend.spare_interfaces().len() == 2).await;
+            assert_eq!(our_link_macs(&lab).len(), 3);
+            assert!(!backend.spare_interfaces().contains(&taken));
+
+            // A spare's MAC leaves the pool: its link goes, and no free MAC is left to refill.
+            let removed: Vec<MacAddr> = our_link_macs(&lab)
+                .iter()
+                .filter(|(name, _)| backend.spare_interfaces().contains(name))
+                .map(|(_, mac)| *mac)
+                .take(1)
+                .collect();
+            let free_others: Vec<MacAddr> = backend
+                .status()
+                .await
+                .unwrap()
+                .available_macs
+                .into_iter()
+                .filter(|mac| !removed.contains(mac))
+                .collect();
+            assert_eq!(backend.remove_macs(removed.clone()).await.unwrap(), vec![]);
+            wait_until(|| {
+                let links = our_link_macs(&lab);
+                links.len() == 3 && !links.values().any(|mac| removed.contains(mac))
+            })
+            .await;
+            assert_eq!(backend.status().await.unwrap().available_macs, free_others);
+            (taken, spare_macs, allocation)
+        })
+    });
+    // The runtime is gone (a crash): two spare links and the allocation's link are left over.
+    assert_eq!(our_link_macs(&lab).len(), 3);
+
+    lifetime(&lab, |rt| {
+        rt.block_on(async {
+            let backend = open(with_spares(&lab, &dir, allocation_macs(&allocation), 0)).await;
+            // The orphan sweep took the spares; the handed-out address runs on its own link.
+            assert_eq!(our_links(&lab), vec![taken.clone()]);
+            assert!(backend.spare_interfaces().is_empty());
+            backend.release(allocation.ip.unwrap()).await.unwrap();
+            assert!(our_links(&lab).is_empty(), "{:?}", our_links(&lab));
+        })
+    });
+    let frames = capture.stop().expect("capture readable");
+    let from = |mac: MacAddr| {
+        frames
+            .iter()
+            .filter(move |f| f.dhcp.op == 1 && f.dhcp.chaddr == mac.0)
+            .collect::<Vec<_>>()
+    };
+    let used = allocation.mac.unwrap();
+    for mac in spare_macs_while_idle.iter().filter(|mac| **mac != used) {
+        assert!(from(*mac).is_empty(), "spare {mac} sent {:#?}", from(*mac));
+    }
+    let sent = from(used);
+    assert_eq!(
+        sent.first().and_then(|f| f.message_type()),
+        Some(MessageType::Discover),
+        "{sent:#?}"
+    );
+    lab.wait_for_leases(Server::Kea, "released", POLL_LIMIT, |l| {
+        active_lease(l, allocation.ip.unwrap()).is_none()
+    });
+    assert!(stored_ids(&dir).is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn allocation_macs(allocation: &dhcpmanager_apiserver::backend::Allocation) -> Vec<MacAddr> {
+    allocation.mac.into_iter().collect()
 }

@@ -36,6 +36,8 @@ pub struct Config {
     pub etcd_prefix: String,
     pub max_body_bytes: usize,
     pub bind: IpAddr,
+    /// Standalone: macvlans kept ready on free MACs so a POST skips link creation.
+    pub spare_links: usize,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             etcd_prefix: ORIGINAL_ETCD_PREFIX.into(),
             max_body_bytes: 64 * 1024,
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            spare_links: 4,
         }
     }
 }
@@ -87,6 +90,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("etcd-prefix", Kind::Text),
     ("max-body-bytes", Kind::Integer),
     ("bind", Kind::Text),
+    ("spare-links", Kind::Integer),
 ];
 
 /// Where the file comes from: the default path may be missing, an explicit one may not.

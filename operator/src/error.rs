@@ -18,6 +18,10 @@ pub enum Error {
     },
     #[error("no address {0:?} is running")]
     UnknownAddress(String),
+    #[error("address {0:?} is already running")]
+    AlreadyRunning(String),
+    #[error("a link prepared for {prepared} cannot start {wanted}")]
+    PreparedForOther { prepared: String, wanted: String },
     #[error("the address was stopped before it was bound")]
     Stopped,
     #[error("no lease after {}: the client is still {state}{}", humantime::format_duration(*.waited), .last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
@@ -73,6 +77,7 @@ impl Error {
             Error::Link(_) => "link",
             Error::Socket { .. } => "socket",
             Error::UnknownAddress(_) => "unknown_address",
+            Error::AlreadyRunning(_) | Error::PreparedForOther { .. } => "prepared_link",
             Error::Stopped => "stopped",
             Error::NoLease { .. } => "no_lease",
             Error::Value(_) => "value",

@@ -7,7 +7,9 @@
 //!   returns to the pool, the allocation is gone from disk;
 //! - an address handed out is renewed until it is DELETEd, across restarts: the store records it
 //!   as Confirmed with its lease record, and `open` resumes it (INIT-REBOOT for the same IP);
-//! - a crash mid-POST or mid-DELETE is finished at the next `open`: the lease is released;
+//! - a crash mid-DELETE is finished at the next `open`: the lease is released; a crash mid-POST
+//!   leaves no allocation (nothing is stored before the confirmed record, which the answer
+//!   waits for), only a lease nobody renews, which the server reclaims when it expires;
 //! - a lease that moves to another IP (the server's decision after a NAK) is logged as an error
 //!   and counted, never silent.
 //!
@@ -17,6 +19,7 @@
 
 mod book;
 mod recovery;
+mod spares;
 mod writer;
 
 use std::collections::BTreeSet;
@@ -40,7 +43,8 @@ use super::{Allocation, AllocationState, Backend, BackendError, StatusSnapshot};
 use crate::MacAddr;
 use crate::config::Config;
 use crate::store::{Phase, SkippedFile, Store, StoreError, StoredAllocation};
-use book::{Book, RecordChange, to_api};
+use book::{Begun, Book, RecordChange, to_api};
+use spares::SpareLinks;
 use writer::{StoreWriter, written};
 
 /// What the DHCP client of every allocation sends, beyond MAC and hostname.
@@ -78,6 +82,8 @@ pub struct StandaloneOptions {
     /// Configure the leased IP on its macvlan (the original's `assign-interfaces`).
     pub assign_interfaces: bool,
     pub request: RequestSettings,
+    /// Links kept ready on free MACs so a POST need not create one (`spare-links`; 0: none).
+    pub spare_links: usize,
     /// Divides every DHCP wait (T1, T2, retransmissions); 1.0 in production, larger in tests.
     pub time_scale: f64,
     pub manager: ManagerConfig,
@@ -92,6 +98,7 @@ impl StandaloneOptions {
             initial_macs: config.macs.clone(),
             assign_interfaces: config.assign_interfaces,
             request: RequestSettings::default(),
+            spare_links: config.spare_links,
             time_scale: 1.0,
             manager: ManagerConfig::default(),
         }
@@ -119,6 +126,7 @@ pub struct StandaloneBackend {
 struct Core {
     shared: Arc<Shared>,
     manager: LeaseManager,
+    spares: SpareLinks,
     runtime: Handle,
     options: StandaloneOptions,
 }
@@ -164,6 +172,7 @@ impl StandaloneBackend {
         let core = Arc::new(Core {
             shared,
             manager,
+            spares: SpareLinks::default(),
             runtime,
             options,
         });
@@ -179,8 +188,10 @@ impl StandaloneBackend {
         info!(
             allocations = core.shared.book().len(),
             orphan_links_removed = removed,
+            spare_links = core.options.spare_links,
             "standalone backend ready"
         );
+        core.fill_spares();
         Ok(Arc::new(StandaloneBackend {
             core,
             skipped: loaded.skipped,
@@ -201,9 +212,16 @@ impl StandaloneBackend {
         &self.core.manager
     }
 
+    /// The interfaces of the spare links ready now, sorted.
+    pub fn spare_interfaces(&self) -> Vec<String> {
+        self.core.spares.interfaces()
+    }
+
     /// Stops every client without releasing (the leases stay valid for the next start) and
-    /// waits until the store is on disk. Links stay, so assigned addresses stay configured.
+    /// waits until the store is on disk. Links stay, so assigned addresses stay configured;
+    /// spare links go.
     pub async fn shutdown(&self) {
+        self.core.close_spares().await;
         for id in self.core.manager.keys() {
             if let Err(error) = self.core.manager.stop(&id, false).await {
                 warn!(%id, %error, "stopping the client failed");
@@ -232,6 +250,8 @@ impl Shared {
             let mut book = self.book();
             match book.apply_record(id, record) {
                 RecordChange::Unknown => return,
+                // Not on disk before its POST confirms it (see `allocate`).
+                RecordChange::Updated(stored) if stored.phase == Phase::Pending => {}
                 RecordChange::Updated(stored) => self.writer.save_in_background(stored),
                 RecordChange::IpChanged { stored, old, new } => {
                     let count = self.ip_changes.fetch_add(1, Ordering::Relaxed) + 1;
@@ -318,33 +338,54 @@ impl Core {
         deadline: Instant,
         mut answer: oneshot::Sender<Result<Allocation, BackendError>>,
     ) {
-        let id = uuid::Uuid::new_v4().to_string();
-        let begun = {
-            let mut book = self.shared.book();
-            book.begin(id.clone(), &service).map(|stored| {
-                let saved = self.shared.writer.save(stored.clone());
-                (stored, saved)
-            })
-        };
-        let (stored, saved) = match begun {
-            Ok(pair) => pair,
-            Err(error) => {
-                let _ = answer.send(Err(error));
-                return;
+        let begun = loop {
+            // Registered before the book is asked, so a spare made ready in between is not missed.
+            let spare_changed = self.spares.changed.notified();
+            tokio::pin!(spare_changed);
+            spare_changed.as_mut().enable();
+            let new_id = uuid::Uuid::new_v4().to_string();
+            let begun = {
+                let mut book = self.shared.book();
+                match book.begin(new_id, &service) {
+                    Ok(Begun::OnSpare(stored)) => {
+                        let link = self.spares.take(stored.mac);
+                        Some(Ok((stored, link)))
+                    }
+                    Ok(Begun::Cold(stored)) => Some(Ok((stored, None))),
+                    Ok(Begun::WaitForSpare) => None,
+                    Err(error) => Some(Err(error)),
+                }
+            };
+            match begun {
+                Some(Ok(begun)) => break begun,
+                Some(Err(error)) => {
+                    let _ = answer.send(Err(error));
+                    return;
+                }
+                None => {
+                    let waited = tokio::time::timeout_at(deadline.into(), spare_changed).await;
+                    if waited.is_err() {
+                        let _ = answer.send(Err(BackendError::Timeout { id: String::new() }));
+                        return;
+                    }
+                }
             }
         };
+        let (stored, spare_link) = begun;
+        let id = stored.id.clone();
         self.shared.notify();
-        // The pending record is made durable while the link comes up: a crash before it is on
-        // disk leaves at most a lease nobody renews (it expires at the server) and a link the
-        // next start sweeps away; never an address handed out and then forgotten, because the
-        // answer waits for the confirmed record below.
-        let (saved, started) =
-            tokio::join!(written(saved), self.manager.start(self.spec(&stored), None));
-        if let Err(problem) = saved {
-            self.withdraw(&id, started.is_ok()).await;
-            let _ = answer.send(Err(BackendError::Unavailable(problem)));
-            return;
-        }
+        self.fill_spares();
+        // Nothing reaches the disk before the lease is confirmed: until the ACK there is no lease
+        // a record could release after a crash, and a record at the ACK would put a second
+        // fsync in front of the answer. A crash mid-POST thus leaves a lease nobody renews (the
+        // server reclaims it when it expires) and a link the next start sweeps away; never an
+        // address handed out and then forgotten, because the answer waits for the confirmed
+        // record below.
+        let spec = self.spec(&stored);
+        let started = match spare_link {
+            Some(link) => self.manager.start_prepared(spec, None, link).await,
+            None => self.manager.start(spec, None).await,
+        };
         let mut status = match started {
             Ok(status) => status,
             Err(error) => {
@@ -403,7 +444,7 @@ impl Core {
 
     /// Takes an allocation back completely: DHCPRELEASE and link removal through the manager
     /// (when it was started), then out of the book and off the disk, its MAC free again.
-    async fn withdraw(&self, id: &str, started: bool) {
+    async fn withdraw(self: &Arc<Self>, id: &str, started: bool) {
         if started && let Err(error) = self.manager.release(id).await {
             warn!(%id, %error, "releasing the withdrawn allocation failed");
         }
@@ -412,6 +453,7 @@ impl Core {
             book.remove(id).map(|_| self.shared.writer.remove(id))
         };
         self.shared.notify();
+        self.fill_spares();
         if let Some(removed) = removed
             && let Err(problem) = written(removed).await
         {
@@ -420,7 +462,7 @@ impl Core {
     }
 
     /// The whole of one DELETE, as its own task so it completes even if the request is dropped.
-    async fn release(&self, ip: Ipv4Addr) -> Result<Allocation, BackendError> {
+    async fn release(self: &Arc<Self>, ip: Ipv4Addr) -> Result<Allocation, BackendError> {
         let (stored, saved) = {
             let mut book = self.shared.book();
             let id = book
@@ -465,6 +507,7 @@ impl Core {
             self.shared.writer.remove(&stored.id)
         };
         self.shared.notify();
+        self.fill_spares();
         if let Err(problem) = written(removed).await {
             error!(id = %stored.id, %problem, "cannot remove the released allocation from the store");
         }
@@ -473,18 +516,26 @@ impl Core {
     }
 
     async fn change_pool(
-        &self,
+        self: &Arc<Self>,
         change: impl FnOnce(&mut Book) -> (bool, Vec<MacAddr>),
     ) -> Result<Vec<MacAddr>, BackendError> {
-        let (saved, unchanged) = {
+        let (saved, unchanged, ended_spares) = {
             let mut book = self.shared.book();
             let (changed, unchanged) = change(&mut book);
             let pool: BTreeSet<MacAddr> = book.pool().clone();
+            let ended_spares: Vec<_> = book
+                .drop_spares_outside_pool()
+                .into_iter()
+                .filter_map(|mac| self.spares.take(mac))
+                .collect();
             (
                 changed.then(|| self.shared.writer.save_pool(pool)),
                 unchanged,
+                ended_spares,
             )
         };
+        self.discard_spares(ended_spares).await;
+        self.fill_spares();
         if let Some(saved) = saved {
             self.shared.notify();
             written(saved).await.map_err(BackendError::Unavailable)?;

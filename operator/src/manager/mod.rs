@@ -83,8 +83,9 @@ struct Inner {
     events: broadcast::Sender<KeyedEvent>,
     counters: Arc<Counters>,
     running: Mutex<HashMap<String, Running>>,
-    /// Keys between "link created" and "running": the orphan sweep must not take their links.
-    starting: Mutex<std::collections::HashSet<String>>,
+    /// Keys between "link created" and "running" (prepared links included): the orphan sweep
+    /// must not take their links.
+    starting: KeySet,
 }
 
 impl LeaseManager {
@@ -107,7 +108,7 @@ impl LeaseManager {
                 events,
                 counters: Arc::new(Counters::default()),
                 running: Mutex::new(HashMap::new()),
-                starting: Mutex::new(std::collections::HashSet::new()),
+                starting: KeySet::default(),
             }),
         })
     }
@@ -136,20 +137,76 @@ impl LeaseManager {
         if let Some(running) = self.lock().get(&spec.key) {
             return Ok(running.status.clone());
         }
-        let _starting = Starting::new(&self.inner.starting, &spec.key);
-        let mac = spec.client.mac;
-        let (name, ifindex) = self.create_link(&spec).await?;
-        let socket = match self.open_socket(ifindex, mac) {
-            Ok(socket) => socket,
+        let link = self
+            .prepare(&spec.key, &spec.parent, spec.client.mac)
+            .await?;
+        self.start_prepared(spec, record, link).await
+    }
+
+    /// Creates the macvlan and packet socket of `key` without starting a client on them, so a
+    /// caller that knows the next key and MAC ahead of time (the standalone apiserver's spares)
+    /// takes link creation, the slowest step of a start, off the path of its request.
+    pub async fn prepare(
+        &self,
+        key: &str,
+        parent: &str,
+        mac: crate::dhcp::MacAddr,
+    ) -> Result<PreparedLink, Error> {
+        if self.lock().contains_key(key) {
+            // Its link has the same name: preparing would adopt the running address's link.
+            return Err(Error::AlreadyRunning(key.to_owned()));
+        }
+        let reserved = Starting::new(self.inner.starting.clone(), key);
+        let (name, ifindex) = self.create_link(key, parent, mac).await?;
+        match self.open_socket(ifindex, mac) {
+            Ok(socket) => Ok(PreparedLink {
+                key: key.to_owned(),
+                mac,
+                name,
+                ifindex,
+                socket,
+                _reserved: reserved,
+            }),
             Err(error) => {
                 // Leave nothing behind for an address we could not start.
                 let _ = self.inner.links.delete(ifindex).await;
-                return Err(Error::Socket {
+                Err(Error::Socket {
                     interface: name,
                     source: error,
-                });
+                })
             }
-        };
+        }
+    }
+
+    /// Deletes a prepared link that will not be used.
+    pub async fn discard(&self, link: PreparedLink) -> Result<(), Error> {
+        self.inner.links.delete(link.ifindex).await?;
+        Ok(())
+    }
+
+    /// [`LeaseManager::start`] on a link [`LeaseManager::prepare`]d for the same key and MAC.
+    pub async fn start_prepared(
+        &self,
+        spec: AddressSpec,
+        record: Option<LeaseRecord>,
+        link: PreparedLink,
+    ) -> Result<watch::Receiver<AddressStatus>, Error> {
+        if link.key != spec.key || link.mac != spec.client.mac {
+            let problem = Error::PreparedForOther {
+                prepared: format!("{} ({})", link.key, link.mac),
+                wanted: format!("{} ({})", spec.key, spec.client.mac),
+            };
+            let _ = self.discard(link).await;
+            return Err(problem);
+        }
+        let PreparedLink {
+            name,
+            ifindex,
+            socket,
+            mac,
+            _reserved,
+            ..
+        } = link;
         let now = Utc::now();
         let seed = rand::random::<u64>();
         let assign_ip = spec.client.ip_assigned;
@@ -212,18 +269,23 @@ impl LeaseManager {
         Ok(status_rx)
     }
 
-    /// The macvlan of `spec` (created, or adopted when it survived a restart): name and ifindex.
-    async fn create_link(&self, spec: &AddressSpec) -> Result<(String, u32), Error> {
-        let name = links::link_name(&spec.key);
+    /// The macvlan of `key` (created, or adopted when it survived a restart): name and ifindex.
+    async fn create_link(
+        &self,
+        key: &str,
+        parent: &str,
+        mac: crate::dhcp::MacAddr,
+    ) -> Result<(String, u32), Error> {
+        let name = links::link_name(key);
         let ifindex = self
             .inner
             .links
             .create_macvlan(
-                &spec.parent,
+                parent,
                 &name,
-                spec.client.mac.octets(),
+                mac.octets(),
                 self.inner.config.link_group,
-                &links::link_alias(&spec.key),
+                &links::link_alias(key),
             )
             .await?;
         Ok((name, ifindex))
@@ -295,25 +357,21 @@ impl LeaseManager {
         spec: AddressSpec,
         record: LeaseRecord,
     ) -> Result<(), Error> {
-        let (name, ifindex) = self.create_link(&spec).await?;
-        let result = self.open_socket(ifindex, spec.client.mac).map(|socket| {
-            let now = Utc::now();
-            let mut client = Client::resume(spec.client, record, now, rand::random());
-            for action in client.release(now) {
-                if let crate::dhcp::Action::Send(transmission) = action {
-                    driver::transmit(&socket, &transmission)?;
-                    Counters::bump(&self.inner.counters.packets_sent);
-                }
+        let link = self
+            .prepare(&spec.key, &spec.parent, spec.client.mac)
+            .await?;
+        let now = Utc::now();
+        let mut client = Client::resume(spec.client, record, now, rand::random());
+        let sent = client.release(now).into_iter().try_for_each(|action| {
+            if let crate::dhcp::Action::Send(transmission) = action {
+                driver::transmit(&link.socket, &transmission)?;
+                Counters::bump(&self.inner.counters.packets_sent);
             }
             Ok::<(), std::io::Error>(())
         });
-        self.inner.links.delete(ifindex).await?;
-        result
-            .and_then(|sent| sent)
-            .map_err(|source| Error::Socket {
-                interface: name,
-                source,
-            })
+        let interface = link.name.clone();
+        self.discard(link).await?;
+        sent.map_err(|source| Error::Socket { interface, source })
     }
 
     /// The current status of one address.
@@ -354,15 +412,55 @@ impl LeaseManager {
     }
 }
 
+/// A macvlan and its packet socket, made by [`LeaseManager::prepare`] for one key and MAC.
+/// Give it to [`LeaseManager::start_prepared`] or [`LeaseManager::discard`]; merely dropped, its
+/// socket closes but the link stays until the next orphan sweep.
+pub struct PreparedLink {
+    key: String,
+    mac: crate::dhcp::MacAddr,
+    name: String,
+    ifindex: u32,
+    socket: DhcpSocket,
+    /// Keeps the orphan sweep away from the link until it runs or is discarded.
+    _reserved: Starting,
+}
+
+impl PreparedLink {
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn mac(&self) -> crate::dhcp::MacAddr {
+        self.mac
+    }
+
+    pub fn interface(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::fmt::Debug for PreparedLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedLink")
+            .field("key", &self.key)
+            .field("mac", &self.mac)
+            .field("name", &self.name)
+            .field("ifindex", &self.ifindex)
+            .finish_non_exhaustive()
+    }
+}
+
+type KeySet = Arc<Mutex<std::collections::HashSet<String>>>;
+
 /// Marks a key as starting for as long as it lives.
-struct Starting<'a> {
-    set: &'a Mutex<std::collections::HashSet<String>>,
+struct Starting {
+    set: KeySet,
     key: String,
 }
 
-impl<'a> Starting<'a> {
-    fn new(set: &'a Mutex<std::collections::HashSet<String>>, key: &str) -> Self {
-        lock(set).insert(key.to_string());
+impl Starting {
+    fn new(set: KeySet, key: &str) -> Self {
+        lock(&set).insert(key.to_string());
         Starting {
             set,
             key: key.to_string(),
@@ -370,9 +468,9 @@ impl<'a> Starting<'a> {
     }
 }
 
-impl Drop for Starting<'_> {
+impl Drop for Starting {
     fn drop(&mut self) {
-        lock(self.set).remove(&self.key);
+        lock(&self.set).remove(&self.key);
     }
 }
 

@@ -30,6 +30,27 @@ pub struct Entry {
 pub struct Book {
     allocations: BTreeMap<String, Entry>,
     pool: BTreeSet<MacAddr>,
+    /// Free MACs set aside for spare links (see `spares.rs`), with the allocation id each
+    /// spare's link is named after. Still free as far as the API is concerned.
+    spares: BTreeMap<MacAddr, Spare>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Spare {
+    id: String,
+    /// Its link exists; until then it is being prepared.
+    ready: bool,
+}
+
+/// How a POST's allocation begins.
+#[derive(Debug, PartialEq)]
+pub enum Begun {
+    /// On a ready spare: the allocation carries the spare's id and MAC, and its link exists.
+    OnSpare(StoredAllocation),
+    /// On a free MAC without a link yet.
+    Cold(StoredAllocation),
+    /// The only free MACs are spares still being prepared: ask again once one is ready or gone.
+    WaitForSpare,
 }
 
 /// What a new lease record meant for its allocation.
@@ -51,6 +72,7 @@ impl Book {
         Book {
             allocations: BTreeMap::new(),
             pool,
+            spares: BTreeMap::new(),
         }
     }
 
@@ -97,10 +119,31 @@ impl Book {
         );
     }
 
-    /// Takes a free MAC for a new Pending allocation of `service`. Reserving the MAC and recording
-    /// the allocation happen in one step, so no MAC can serve two allocations.
-    pub fn begin(&mut self, id: String, service: &str) -> Result<StoredAllocation, BackendError> {
-        let mac = *self.free_macs().first().ok_or(BackendError::NoFreeMac)?;
+    /// Takes a free MAC for a new Pending allocation of `service`: a ready spare's first (its id
+    /// replaces `new_id`), else a MAC no spare holds. Reserving the MAC and recording the
+    /// allocation happen in one step, so no MAC can serve two allocations.
+    pub fn begin(&mut self, new_id: String, service: &str) -> Result<Begun, BackendError> {
+        let ready = self
+            .spares
+            .iter()
+            .find(|(_, spare)| spare.ready)
+            .map(|(mac, spare)| (*mac, spare.id.clone()));
+        if let Some((mac, id)) = ready {
+            self.spares.remove(&mac);
+            return Ok(Begun::OnSpare(self.insert_pending(id, service, mac)));
+        }
+        let unreserved = self
+            .free_macs()
+            .into_iter()
+            .find(|mac| !self.spares.contains_key(mac));
+        match unreserved {
+            Some(mac) => Ok(Begun::Cold(self.insert_pending(new_id, service, mac))),
+            None if self.spares.is_empty() => Err(BackendError::NoFreeMac),
+            None => Ok(Begun::WaitForSpare),
+        }
+    }
+
+    fn insert_pending(&mut self, id: String, service: &str, mac: MacAddr) -> StoredAllocation {
         let stored = StoredAllocation {
             id,
             service: service.to_string(),
@@ -112,7 +155,64 @@ impl Book {
             created_at: Utc::now(),
         };
         self.insert(stored.clone());
-        Ok(stored)
+        stored
+    }
+
+    /// Spares ready or being prepared.
+    pub fn spare_count(&self) -> usize {
+        self.spares.len()
+    }
+
+    /// Sets a free MAC aside for a spare whose link will be named after `id`.
+    pub fn reserve_spare(&mut self, id: String) -> Option<MacAddr> {
+        let mac = self
+            .free_macs()
+            .into_iter()
+            .find(|mac| !self.spares.contains_key(mac))?;
+        self.spares.insert(mac, Spare { id, ready: false });
+        Some(mac)
+    }
+
+    /// The spare's link exists. False when the reservation is gone meanwhile (its MAC left the
+    /// pool): the link is not wanted.
+    pub fn spare_ready(&mut self, mac: MacAddr, id: &str) -> bool {
+        match self.spares.get_mut(&mac) {
+            Some(spare) if spare.id == id => {
+                spare.ready = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Gives up a spare that could not be prepared; its MAC is plainly free again.
+    pub fn drop_spare(&mut self, mac: MacAddr, id: &str) {
+        if self.spares.get(&mac).is_some_and(|spare| spare.id == id) {
+            self.spares.remove(&mac);
+        }
+    }
+
+    /// Ends the spares whose MAC left the pool; returns the MACs of those whose link exists.
+    pub fn drop_spares_outside_pool(&mut self) -> Vec<MacAddr> {
+        let outside: Vec<MacAddr> = self
+            .spares
+            .keys()
+            .filter(|mac| !self.pool.contains(mac))
+            .copied()
+            .collect();
+        outside
+            .into_iter()
+            .filter(|mac| self.spares.remove(mac).is_some_and(|spare| spare.ready))
+            .collect()
+    }
+
+    /// Ends every spare; returns the MACs of those whose link exists.
+    pub fn drop_all_spares(&mut self) -> Vec<MacAddr> {
+        std::mem::take(&mut self.spares)
+            .into_iter()
+            .filter(|(_, spare)| spare.ready)
+            .map(|(mac, _)| mac)
+            .collect()
     }
 
     pub fn set_link(&mut self, id: &str, name: String, ifindex: u32) {
@@ -321,24 +421,81 @@ mod tests {
         }
     }
 
+    fn begin(book: &mut Book, id: &str, service: &str) -> StoredAllocation {
+        match book.begin(id.into(), service).unwrap() {
+            Begun::OnSpare(stored) | Begun::Cold(stored) => stored,
+            Begun::WaitForSpare => panic!("no spare was reserved"),
+        }
+    }
+
+    #[test]
+    fn a_post_takes_a_ready_spare_first_with_its_id_and_waits_for_one_being_prepared() {
+        let mut book = Book::new([mac(1), mac(2), mac(3)].into());
+        let spare = book.reserve_spare("spare-1".into()).unwrap();
+        let preparing = book.reserve_spare("spare-2".into()).unwrap();
+        assert_ne!(spare, preparing);
+        assert_eq!(book.spare_count(), 2);
+        // spares are free MACs to the API
+        assert_eq!(book.free_macs().len(), 3);
+        // not ready yet: a POST takes the MAC no spare holds
+        let cold = book.begin("a".into(), "ns/web").unwrap();
+        assert!(
+            matches!(&cold, Begun::Cold(s) if s.id == "a" && s.mac == mac(3)),
+            "{cold:?}"
+        );
+        // only spares being prepared left
+        assert_eq!(book.begin("b".into(), "x"), Ok(Begun::WaitForSpare));
+        assert!(book.spare_ready(spare, "spare-1"));
+        let hot = book.begin("b".into(), "ns/api").unwrap();
+        assert!(
+            matches!(&hot, Begun::OnSpare(s) if s.id == "spare-1" && s.mac == spare && s.hostname == "api.ns"),
+            "{hot:?}"
+        );
+        assert_eq!(book.spare_count(), 1);
+        // a spare that could not be prepared frees its MAC for the next POST
+        book.drop_spare(preparing, "spare-2");
+        assert!(matches!(book.begin("c".into(), "x"), Ok(Begun::Cold(s)) if s.mac == preparing));
+        assert_eq!(book.begin("d".into(), "x"), Err(BackendError::NoFreeMac));
+        assert_eq!(book.reserve_spare("spare-3".into()), None, "no free MAC");
+    }
+
+    #[test]
+    fn spares_end_with_their_mac_leaving_the_pool() {
+        let mut book = Book::new([mac(1), mac(2), mac(3)].into());
+        let ready = book.reserve_spare("s1".into()).unwrap();
+        let preparing = book.reserve_spare("s2".into()).unwrap();
+        assert!(book.spare_ready(ready, "s1"));
+        assert!(book.remove_macs(&[ready, preparing]).is_empty());
+        // the ready one's link must be deleted; the one being prepared finds its place gone
+        assert_eq!(book.drop_spares_outside_pool(), vec![ready]);
+        assert!(!book.spare_ready(preparing, "s2"));
+        assert_eq!(book.spare_count(), 0);
+        // a stale id cannot end a newer reservation of the same MAC
+        let again = book.reserve_spare("s3".into()).unwrap();
+        book.drop_spare(again, "s1");
+        assert!(!book.spare_ready(again, "s1"));
+        assert!(book.spare_ready(again, "s3"));
+        assert_eq!(book.drop_all_spares(), vec![again]);
+    }
+
     #[test]
     fn a_mac_never_serves_two_allocations() {
         let mut book = Book::new([mac(1), mac(2)].into());
-        let a = book.begin("a".into(), "default/web").unwrap();
-        let b = book.begin("b".into(), "default/web").unwrap();
+        let a = begin(&mut book, "a", "default/web");
+        let b = begin(&mut book, "b", "default/web");
         assert_ne!(a.mac, b.mac);
         assert_eq!(a.hostname, "web.default");
         assert_eq!(a.phase, Phase::Pending);
         assert_eq!(book.begin("c".into(), "x"), Err(BackendError::NoFreeMac));
         book.remove("a");
         assert_eq!(book.free_macs(), vec![a.mac]);
-        assert_eq!(book.begin("c".into(), "x").unwrap().mac, a.mac);
+        assert_eq!(begin(&mut book, "c", "x").mac, a.mac);
     }
 
     #[test]
     fn confirm_then_find_by_either_address() {
         let mut book = Book::new([mac(1)].into());
-        let a = book.begin("a".into(), "ns/web").unwrap();
+        let a = begin(&mut book, "a", "ns/web");
         // bound but not yet answered: no DELETE can mean it
         book.apply_record("a", Some(record([10, 77, 0, 20], a.mac)));
         assert!(book.find_by_ip(Ipv4Addr::new(10, 77, 0, 20)).is_none());
@@ -396,10 +553,10 @@ mod tests {
     #[test]
     fn delete_prefers_the_allocation_that_was_given_the_address_and_holds_it() {
         let mut book = Book::new([mac(1), mac(2)].into());
-        let moved = book.begin("moved".into(), "a").unwrap();
+        let moved = begin(&mut book, "moved", "a");
         book.confirm("moved", record([10, 77, 0, 20], moved.mac));
         book.apply_record("moved", Some(record([10, 77, 0, 30], moved.mac)));
-        let newer = book.begin("newer".into(), "b").unwrap();
+        let newer = begin(&mut book, "newer", "b");
         book.confirm("newer", record([10, 77, 0, 20], newer.mac));
         let found = book.find_by_ip(Ipv4Addr::new(10, 77, 0, 20)).unwrap();
         assert_eq!(found.stored.id, "newer");
@@ -418,7 +575,7 @@ mod tests {
     #[test]
     fn in_use_macs_stay_in_the_pool() {
         let mut book = Book::new([mac(1), mac(2)].into());
-        let a = book.begin("a".into(), "x").unwrap();
+        let a = begin(&mut book, "a", "x");
         assert!(!book.add_macs(&[mac(1)]));
         assert!(book.add_macs(&[mac(3)]));
         assert_eq!(book.remove_macs(&[mac(1), mac(2), mac(9)]), vec![a.mac]);
@@ -429,8 +586,8 @@ mod tests {
     #[test]
     fn cidrs_of_held_leases() {
         let mut book = Book::new([mac(1), mac(2)].into());
-        let a = book.begin("a".into(), "x").unwrap();
-        book.begin("b".into(), "y").unwrap();
+        let a = begin(&mut book, "a", "x");
+        begin(&mut book, "b", "y");
         assert!(book.lease_cidrs().is_empty());
         book.confirm("a", record([10, 77, 0, 20], a.mac));
         assert_eq!(book.lease_cidrs(), vec!["10.77.0.0/24"]);
