@@ -9,9 +9,14 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use dhcpmanager_operator::dhcp::{LeaseRecord, MacAddr};
+use dhcpmanager_operator::error::Error;
+use dhcpmanager_operator::manager::{LeaseManager, ManagerConfig};
+use dhcpmanager_operator::net::links::DEFAULT_RETIRED_LINK_GROUP;
 use dhcpmanager_operator::net::{
     DEFAULT_LINK_GROUP, DhcpSocket, LinkError, Links, ProbeTiming, link_alias, link_name, probe,
 };
@@ -441,6 +446,266 @@ fn create_macvlan_adopts_an_identical_link_and_replaces_a_different_one() {
             Err(LinkError::DefaultGroup)
         ));
         links.delete_group(DEFAULT_LINK_GROUP).await.unwrap();
+    });
+}
+
+/// The `ip -d -o link show` line of `name` in `ns`, or None when there is no such link.
+fn link_details(ns: &str, name: &str) -> Option<String> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-d", "-o", "link", "show", name])
+        .output()
+        .expect("ip link");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The flags of an `ip -o link` line, e.g. "BROADCAST,MULTICAST,UP,LOWER_UP".
+fn link_flags(details: &str) -> Vec<String> {
+    let flags = details
+        .split('<')
+        .nth(1)
+        .unwrap()
+        .split('>')
+        .next()
+        .unwrap();
+    flags.split(',').map(str::to_owned).collect()
+}
+
+fn is_up(details: &str) -> bool {
+    link_flags(details).iter().any(|f| f == "UP")
+}
+
+fn in_group(details: &str, group: u32) -> bool {
+    details.contains(&format!(" group {group:#x} "))
+        || details.contains(&format!(" group {group} "))
+}
+
+#[test]
+fn a_retired_link_is_down_in_the_retired_group_and_frees_its_mac_at_once() {
+    let pair = NetnsPair::new();
+    let ns = pair.a.clone();
+    in_netns(&pair.a, move || async move {
+        let links = Links::connect().unwrap();
+        let retired_group = links.retired_group();
+        assert_eq!(retired_group, DEFAULT_RETIRED_LINK_GROUP);
+        let old = link_name("test/retire-old");
+        let old_index = links
+            .create_macvlan("va", &old, mac_of(1), DEFAULT_LINK_GROUP, &link_alias("a"))
+            .await
+            .unwrap();
+        assert!(is_up(&link_details(&ns, &old).unwrap()));
+
+        let start = Instant::now();
+        links.retire(old_index).await.unwrap();
+        let retire_time = start.elapsed();
+        let details = link_details(&ns, &old).expect("a retired link still exists");
+        assert!(!is_up(&details), "retired means down: {details}");
+        assert!(in_group(&details, retired_group), "{details}");
+        assert!(
+            links
+                .list_ours(DEFAULT_LINK_GROUP)
+                .await
+                .unwrap()
+                .is_empty(),
+            "no longer listed as ours"
+        );
+        assert_eq!(links.list_ours(retired_group).await.unwrap().len(), 1);
+        // Retiring twice, or a link already gone, is not an error.
+        links.retire(old_index).await.unwrap();
+        links.retire(999_999).await.unwrap();
+
+        // The same MAC on the same parent, up, while the retired link exists.
+        let new = link_name("test/retire-new");
+        let new_index = links
+            .create_macvlan("va", &new, mac_of(1), DEFAULT_LINK_GROUP, &link_alias("b"))
+            .await
+            .expect("a retired link's MAC is free at once");
+        let details = link_details(&ns, &new).unwrap();
+        assert!(is_up(&details), "{details}");
+        assert!(details.contains("02:77:00:00:00:01"), "{details}");
+        // The kernel does check: the retired twin cannot come back up beside it.
+        let revived = Command::new("ip")
+            .args(["-n", &ns, "link", "set", &old, "up"])
+            .output()
+            .unwrap();
+        assert!(
+            !revived.status.success(),
+            "two macvlans up with one MAC on one parent"
+        );
+
+        let start = Instant::now();
+        links.delete_retired().await.unwrap();
+        let delete_time = start.elapsed();
+        assert_eq!(link_details(&ns, &old), None, "the retired link is deleted");
+        let ours = links.list_ours(DEFAULT_LINK_GROUP).await.unwrap();
+        assert_eq!(ours.len(), 1);
+        assert_eq!(ours[0].ifindex, new_index);
+        // Nothing retired: deleting the group is a no-op, not an error.
+        links.delete_retired().await.unwrap();
+        println!("retire one macvlan: {retire_time:?}; delete the retired group: {delete_time:?}");
+    });
+}
+
+#[test]
+fn retiring_takes_one_request_and_deleting_retired_links_one_more() {
+    let pair = NetnsPair::new();
+    let ns = pair.a.clone();
+    let (per_retire, per_delete, group_delete) = in_netns(&pair.a, move || async move {
+        let links = Links::connect().unwrap();
+        let mut indexes = Vec::new();
+        for i in 0..40u16 {
+            let identity = format!("test/retire-{i}");
+            let index = links
+                .create_macvlan(
+                    "va",
+                    &link_name(&identity),
+                    mac_of(100 + i),
+                    DEFAULT_LINK_GROUP,
+                    &link_alias(&identity),
+                )
+                .await
+                .unwrap();
+            indexes.push(index);
+        }
+        let (to_retire, to_delete) = indexes.split_at(20);
+        let start = Instant::now();
+        for index in to_retire {
+            links.retire(*index).await.unwrap();
+        }
+        let per_retire = start.elapsed() / 20;
+        let start = Instant::now();
+        for index in to_delete {
+            links.delete(*index).await.unwrap();
+        }
+        let per_delete = start.elapsed() / 20;
+        let start = Instant::now();
+        links.delete_retired().await.unwrap();
+        let group_delete = start.elapsed();
+        assert!(
+            links
+                .list_ours(links.retired_group())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        (per_retire, per_delete, group_delete)
+    });
+    let remaining = run(&["ip", "-n", &ns, "-o", "link", "show"]);
+    assert_eq!(remaining.lines().count(), 2, "only lo and va: {remaining}");
+    println!(
+        "retire: {per_retire:?} per link; delete: {per_delete:?} per link; \
+         delete of 20 retired: {group_delete:?}"
+    );
+}
+
+#[test]
+fn create_macvlan_replaces_a_retired_link_of_the_same_name() {
+    let pair = NetnsPair::new();
+    let ns = pair.a.clone();
+    in_netns(&pair.a, move || async move {
+        let links = Links::connect().unwrap();
+        let name = link_name("test/comeback");
+        let alias = link_alias("test/comeback");
+        let first = links
+            .create_macvlan("va", &name, mac_of(5), DEFAULT_LINK_GROUP, &alias)
+            .await
+            .unwrap();
+        links.retire(first).await.unwrap();
+        // Same name, MAC, parent: adoptable but for the group it is in.
+        let second = links
+            .create_macvlan("va", &name, mac_of(5), DEFAULT_LINK_GROUP, &alias)
+            .await
+            .unwrap();
+        assert_ne!(first, second, "a retired link is never adopted");
+        let details = link_details(&ns, &name).unwrap();
+        assert!(is_up(&details), "{details}");
+        assert!(in_group(&details, DEFAULT_LINK_GROUP), "{details}");
+        // The reaper's next group delete cannot take the fresh link.
+        links.delete_retired().await.unwrap();
+        let ours = links.list_ours(DEFAULT_LINK_GROUP).await.unwrap();
+        assert_eq!(ours.len(), 1);
+        assert_eq!(ours[0].ifindex, second);
+    });
+}
+
+#[test]
+fn the_manager_retires_discarded_links_and_settles_by_deleting_them() {
+    let pair = NetnsPair::new();
+    let ns = pair.a.clone();
+    in_netns(&pair.a, move || async move {
+        let manager = LeaseManager::new(
+            ManagerConfig::default(),
+            Arc::new(|_: &str, _: Option<&LeaseRecord>| {}),
+        )
+        .unwrap();
+        let mut names = Vec::new();
+        for i in 0..5u16 {
+            let link = manager
+                .prepare(&format!("test/settle-{i}"), "va", MacAddr(mac_of(200 + i)))
+                .await
+                .unwrap();
+            names.push(link.interface().to_owned());
+            manager.discard(link).await.unwrap();
+        }
+        manager.settle_links().await.unwrap();
+        for name in &names {
+            assert_eq!(
+                link_details(&ns, name),
+                None,
+                "{name} is deleted once settled"
+            );
+        }
+        // Nothing retired since: settling again completes at once.
+        manager.settle_links().await.unwrap();
+
+        // Retired links nobody will reap (a crash) are swept by the orphan sweep...
+        let links = manager.links();
+        let stray = links
+            .create_macvlan("va", "dmstray1", mac_of(300), 0x1234, "x")
+            .await
+            .unwrap();
+        let kept = manager
+            .prepare("test/kept", "va", MacAddr(mac_of(301)))
+            .await
+            .unwrap();
+        links.retire(stray).await.unwrap();
+        assert_eq!(manager.remove_orphan_links(|_| false).await.unwrap(), 0);
+        assert_eq!(link_details(&ns, "dmstray1"), None);
+        assert!(
+            link_details(&ns, kept.interface()).is_some(),
+            "a prepared link stays"
+        );
+
+        // ... and by stop_all.
+        let stray = links
+            .create_macvlan("va", "dmstray2", mac_of(302), 0x1234, "x")
+            .await
+            .unwrap();
+        links.retire(stray).await.unwrap();
+        let kept_name = kept.interface().to_owned();
+        drop(kept);
+        manager.stop_all().await.unwrap();
+        assert_eq!(link_details(&ns, "dmstray2"), None);
+        assert_eq!(link_details(&ns, &kept_name), None);
+    });
+    let remaining = run(&["ip", "-n", &pair.a, "-o", "link", "show"]);
+    assert_eq!(remaining.lines().count(), 2, "only lo and va: {remaining}");
+}
+
+#[test]
+fn a_manager_refuses_a_retired_group_that_is_its_link_group() {
+    let pair = NetnsPair::new();
+    in_netns(&pair.a, || async {
+        let config = ManagerConfig {
+            retired_link_group: DEFAULT_LINK_GROUP,
+            ..ManagerConfig::default()
+        };
+        let outcome = LeaseManager::new(config, Arc::new(|_: &str, _: Option<&LeaseRecord>| {}));
+        assert!(matches!(
+            outcome.err(),
+            Some(Error::Link(LinkError::RetiredGroup { .. }))
+        ));
     });
 }
 

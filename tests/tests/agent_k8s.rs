@@ -255,7 +255,8 @@ fn bind_and_release(server: Server) {
             .iter()
             .any(|l| l.ip == leased && l.state == "active")
     });
-    assert!(!links(&cluster).contains(&iface), "the macvlan is gone");
+    // The agent retires the link at once and deletes retired links in batches soon after.
+    cluster.wait_for("the macvlan is gone", STEP, |c| !links(c).contains(&iface));
     let pool = cluster.json(&["get", "macpool", "default"]);
     assert_eq!(
         pool["status"]["used"], 0,

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::process::Output;
 use std::time::Duration;
 
-use dhcpmanager_operator::net::links::{DEFAULT_LINK_GROUP, link_name};
+use dhcpmanager_operator::net::links::{DEFAULT_LINK_GROUP, DEFAULT_RETIRED_LINK_GROUP, link_name};
 use dhcpmanager_tests::binaries;
 use dhcpmanager_tests::bootp::MessageType;
 use dhcpmanager_tests::lab::{Lab, SERVER_ADDR_1, SERVER_ADDR_2, Server, ServerOpts, active_lease};
@@ -59,21 +59,28 @@ fn ip_of(value: &Value) -> Ipv4Addr {
         .expect("an IPv4")
 }
 
-/// Our links (link group) left in the agent namespace.
+/// Our links left in the agent namespace: those in our link group and retired ones not yet
+/// deleted.
 fn our_links(lab: &Lab) -> String {
-    let out = std::process::Command::new("ip")
-        .args([
-            "-n",
-            &lab.agent_ns(),
-            "-o",
-            "link",
-            "show",
-            "group",
-            &DEFAULT_LINK_GROUP.to_string(),
-        ])
-        .output()
-        .expect("ip link");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    [DEFAULT_LINK_GROUP, DEFAULT_RETIRED_LINK_GROUP]
+        .iter()
+        .map(|group| {
+            let out = std::process::Command::new("ip")
+                .args([
+                    "-n",
+                    &lab.agent_ns(),
+                    "-o",
+                    "link",
+                    "show",
+                    "group",
+                    &group.to_string(),
+                ])
+                .output()
+                .expect("ip link");
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect()
 }
 
 fn stable_client_id(mac: &str) -> String {

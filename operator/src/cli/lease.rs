@@ -173,10 +173,12 @@ pub async fn run(args: LeaseArgs) -> Result<(), Error> {
             if let Some(path) = &args.state {
                 state_file::remove(path)?;
             }
-            Ok(())
+            // The link's deletion is deferred: wait for it, the process leaves nothing behind.
+            manager.settle_links().await
         }
         Err(error) => {
             manager.stop(&key, true).await?;
+            manager.settle_links().await?;
             Err(error)
         }
     }
@@ -208,7 +210,8 @@ async fn hold(manager: &LeaseManager, key: &str) -> Result<(), Error> {
         }
     }
     // Not a release: the lease stays valid at the server for the next start to resume.
-    manager.stop(key, true).await
+    manager.stop(key, true).await?;
+    manager.settle_links().await
 }
 
 async fn release_recorded(args: &LeaseArgs, recorded: Option<LeaseRecord>) -> Result<(), Error> {
@@ -222,6 +225,7 @@ async fn release_recorded(args: &LeaseArgs, recorded: Option<LeaseRecord>) -> Re
     let manager = LeaseManager::new(ManagerConfig::default(), persist_to(None))?;
     let ip = record.ip;
     manager.release_recorded(spec, record).await?;
+    manager.settle_links().await?;
     state_file::remove(path)?;
     println!("{}", json!({"event": "released", "ip": ip}));
     Ok(())

@@ -8,6 +8,7 @@
 mod counters;
 mod driver;
 mod rate_limit;
+mod reaper;
 mod spec;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use crate::net::arp::ProbeTiming;
 use crate::net::links::{self, Links};
 use crate::net::packet_socket::DhcpSocket;
 use driver::{Command, Driver};
+use reaper::Reaper;
 
 /// Called with every change of an address's lease record (`None`: the lease is gone). It runs
 /// on the address's task: keep it quick (hand off to a channel for slow storage).
@@ -40,6 +42,9 @@ pub type PersistFn = Arc<dyn Fn(&str, Option<&LeaseRecord>) + Send + Sync>;
 pub struct ManagerConfig {
     /// Link group of our macvlans (bulk delete, adoption).
     pub link_group: u32,
+    /// Link group of links that are down and waiting to be deleted in bulk (see [`reaper`]);
+    /// must differ from `link_group` and from 0.
+    pub retired_link_group: u32,
     /// New transmissions per second toward the DHCP server, all addresses together.
     pub rate_per_second: f64,
     /// How many transmissions may go out at once before the rate applies.
@@ -54,6 +59,7 @@ impl Default for ManagerConfig {
     fn default() -> Self {
         ManagerConfig {
             link_group: links::DEFAULT_LINK_GROUP,
+            retired_link_group: links::DEFAULT_RETIRED_LINK_GROUP,
             rate_per_second: 500.0,
             burst: 100,
             probe_timing: ProbeTiming::RFC5227,
@@ -86,29 +92,41 @@ struct Inner {
     /// Keys between "link created" and "running" (prepared links included): the orphan sweep
     /// must not take their links.
     starting: KeySet,
+    reaper: Reaper,
 }
 
 impl LeaseManager {
-    /// A manager whose links live in `config.netns`, on the current runtime.
+    /// A manager whose links live in `config.netns`, on the current runtime (which also runs
+    /// the task deleting retired links).
     pub fn new(config: ManagerConfig, persist: PersistFn) -> Result<Self, Error> {
+        let retired = config.retired_link_group;
+        if retired == 0 || retired == config.link_group {
+            return Err(links::LinkError::RetiredGroup {
+                retired,
+                group: config.link_group,
+            }
+            .into());
+        }
         let links = config
             .netns
             .run(Links::connect)
             .map_err(|source| Error::Socket {
                 interface: "rtnetlink".into(),
                 source,
-            })??;
+            })??
+            .with_retired_group(retired);
         let (events, _) = broadcast::channel(4096);
         Ok(LeaseManager {
             inner: Arc::new(Inner {
                 limiter: Arc::new(RateLimiter::new(config.rate_per_second, config.burst)),
                 config,
-                links,
                 persist,
                 events,
                 counters: Arc::new(Counters::default()),
                 running: Mutex::new(HashMap::new()),
                 starting: KeySet::default(),
+                reaper: Reaper::spawn(links.clone()),
+                links,
             }),
         })
     }
@@ -169,7 +187,7 @@ impl LeaseManager {
             }),
             Err(error) => {
                 // Leave nothing behind for an address we could not start.
-                let _ = self.inner.links.delete(ifindex).await;
+                let _ = self.retire_link(ifindex).await;
                 Err(Error::Socket {
                     interface: name,
                     source: error,
@@ -178,10 +196,33 @@ impl LeaseManager {
         }
     }
 
-    /// Deletes a prepared link that will not be used.
+    /// Retires a prepared link that will not be used (see [`LeaseManager::settle_links`]).
     pub async fn discard(&self, link: PreparedLink) -> Result<(), Error> {
-        self.inner.links.delete(link.ifindex).await?;
-        Ok(())
+        self.retire_link(link.ifindex).await
+    }
+
+    /// Sets the link down and leaves its deletion to the reaper, which deletes every retired
+    /// link with one request; a link that cannot be retired is deleted at once.
+    async fn retire_link(&self, ifindex: u32) -> Result<(), Error> {
+        match self.inner.links.retire(ifindex).await {
+            Ok(()) => {
+                self.inner.reaper.retired();
+                Ok(())
+            }
+            Err(error) => {
+                warn!(ifindex, %error, "retiring the link failed; deleting it now");
+                self.inner.links.delete(ifindex).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Completes once every link retired before the call (by a release, a stop that removes
+    /// its link, a discard) has been deleted: for clean shutdowns and for tests. An error says
+    /// the last group delete failed and retired links may be left for the next orphan sweep.
+    pub fn settle_links(&self) -> impl std::future::Future<Output = Result<(), Error>> + 'static {
+        let settled = self.inner.reaper.settled();
+        async move { Ok(settled.await?) }
     }
 
     /// [`LeaseManager::start`] on a link [`LeaseManager::prepare`]d for the same key and MAC.
@@ -298,18 +339,20 @@ impl LeaseManager {
             .run(|| DhcpSocket::open(ifindex, mac.octets()))?
     }
 
-    /// Sends DHCPRELEASE for the address (if it holds a lease), stops it and deletes its link.
+    /// Sends DHCPRELEASE for the address (if it holds a lease), stops it and retires its link
+    /// (deleted soon after; see [`LeaseManager::settle_links`]).
     pub async fn release(&self, key: &str) -> Result<(), Error> {
         self.finish(key, true, true).await
     }
 
     /// Stops the address without telling the server (the lease stays valid for a successor);
-    /// `remove_link` deletes its macvlan too.
+    /// `remove_link` retires its macvlan too.
     pub async fn stop(&self, key: &str, remove_link: bool) -> Result<(), Error> {
         self.finish(key, false, remove_link).await
     }
 
-    /// Stops every address without releasing and deletes all of our links in one request.
+    /// Stops every address without releasing and deletes all of our links, retired ones
+    /// included, in two requests.
     pub async fn stop_all(&self) -> Result<(), Error> {
         let all: Vec<(String, Running)> = self.lock().drain().collect();
         for (_, running) in &all {
@@ -325,6 +368,7 @@ impl LeaseManager {
             .links
             .delete_group(self.inner.config.link_group)
             .await?;
+        self.inner.links.delete_retired().await?;
         Ok(())
     }
 
@@ -344,13 +388,13 @@ impl LeaseManager {
         }
         let _ = running.task.await;
         if remove_link {
-            self.inner.links.delete(running.ifindex).await?;
+            self.retire_link(running.ifindex).await?;
         }
         Ok(())
     }
 
     /// Releases a lease recorded earlier (by a process that is gone) without resuming it: one
-    /// DHCPRELEASE from the recorded MAC and client id on a fresh link, then the link is removed.
+    /// DHCPRELEASE from the recorded MAC and client id on a fresh link, then the link is retired.
     /// An expired record is only cleaned up: the server has forgotten it already.
     pub async fn release_recorded(
         &self,
@@ -385,7 +429,9 @@ impl LeaseManager {
     }
 
     /// Deletes our links (by link group) that belong to no running address and whose identity
-    /// `keep` does not claim: the leftovers of a crash or of addresses deleted meanwhile.
+    /// `keep` does not claim, and every retired link: the leftovers of a crash or of addresses
+    /// deleted meanwhile. Returns how many links of our group it removed. The orphans are
+    /// retired first, so all of them go with one group delete.
     pub async fn remove_orphan_links(&self, keep: impl Fn(&str) -> bool) -> Result<usize, Error> {
         let ours = self
             .inner
@@ -400,10 +446,17 @@ impl LeaseManager {
             });
             if !wanted {
                 info!(link = %link.name, ?identity, "removing orphaned link");
-                self.inner.links.delete(link.ifindex).await?;
+                match self.inner.links.retire(link.ifindex).await {
+                    Ok(()) => {}
+                    Err(error) => {
+                        warn!(link = %link.name, %error, "retiring the orphan failed; deleting it");
+                        self.inner.links.delete(link.ifindex).await?;
+                    }
+                }
                 removed += 1;
             }
         }
+        self.inner.links.delete_retired().await?;
         Ok(removed)
     }
 

@@ -3,6 +3,10 @@
 //! Every link we create carries our link group and the alias `dhcpmanager:<identity>`, so a
 //! restarted agent can list, adopt or clean up its links, and delete all of them with one
 //! `RTM_DELLINK` (measured: ~20 ms for 50 links versus ~1 s one by one).
+//!
+//! A link that is no longer wanted is *retired* first: one `RTM_NEWLINK` sets it down and moves
+//! it into the retired group, whose links are deleted later, all with one request. Down, it
+//! sends nothing and its MAC is free for a new link on the same parent.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -17,6 +21,8 @@ use tokio::sync::Semaphore;
 /// Link group of dhcpmanager's macvlans: the ASCII bytes of "dhcp". Any value but 0 (the
 /// kernel's default group, which holds every other link) works.
 pub const DEFAULT_LINK_GROUP: u32 = 0x6468_6370;
+/// Link group of retired links, down and waiting to be deleted in bulk: "dhcr".
+pub const DEFAULT_RETIRED_LINK_GROUP: u32 = 0x6468_6372;
 /// Prefix of the IFLA_IFALIAS of our links; the rest is the address identity.
 pub const ALIAS_PREFIX: &str = "dhcpmanager:";
 /// rtnetlink operations in flight at once (each is a few requests in sequence).
@@ -42,6 +48,12 @@ pub enum LinkError {
     Timeout(String),
     #[error("refusing to delete link group 0: it is the default group of every link")]
     DefaultGroup,
+    #[error(
+        "retired link group {retired:#x} must differ from 0 and from the link group {group:#x}"
+    )]
+    RetiredGroup { retired: u32, group: u32 },
+    #[error("retired links may be left over: {0}")]
+    NotReaped(String),
     #[error("{action} failed: {source}")]
     Netlink {
         action: String,
@@ -87,6 +99,8 @@ pub struct Links {
     /// buffer, or the kernel drops some and the requests waiting for them never complete
     /// (measured: 500 concurrent starts overflowed the default 208 KiB).
     in_flight: Arc<Semaphore>,
+    /// Links in this group are on their way out: never adopted.
+    retired_group: u32,
 }
 
 impl Links {
@@ -94,7 +108,20 @@ impl Links {
         Self {
             handle,
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            retired_group: DEFAULT_RETIRED_LINK_GROUP,
         }
+    }
+
+    /// The same connection, retiring links into `group` instead of the default.
+    pub fn with_retired_group(self, group: u32) -> Self {
+        Self {
+            retired_group: group,
+            ..self
+        }
+    }
+
+    pub fn retired_group(&self) -> u32 {
+        self.retired_group
     }
 
     /// Opens an rtnetlink connection in the calling thread's network namespace and drives it
@@ -129,7 +156,9 @@ impl Links {
         };
         if let Some(existing) = self.find_by_name(name).await? {
             let index = existing.header.index;
-            if is_macvlan_of(&existing, parent_index, mac) {
+            // A retired link may be deleted by the reaper at any moment: replace it.
+            let retired = group_of(&existing) == Some(self.retired_group);
+            if !retired && is_macvlan_of(&existing, parent_index, mac) {
                 let update = LinkUnspec::new_with_index(index)
                     .link_group(group)
                     .alias(alias)
@@ -235,6 +264,17 @@ impl Links {
         }
     }
 
+    async fn retire_unguarded(&self, ifindex: u32) -> Result<(), LinkError> {
+        let update = LinkUnspec::new_with_index(ifindex)
+            .down()
+            .link_group(self.retired_group)
+            .build();
+        match self.handle.link().change(update).execute().await {
+            Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(()),
+            other => other.map_err(netlink(format!("retiring link {ifindex}"))),
+        }
+    }
+
     async fn delete_group_unguarded(&self, group: u32) -> Result<(), LinkError> {
         if group == 0 {
             return Err(LinkError::DefaultGroup);
@@ -247,7 +287,6 @@ impl Links {
         }
     }
 
-    /// The link called `name`, if any.
     /// Runs one operation with a place among the operations in flight and a time limit, so a
     /// lost netlink reply turns into an error instead of a caller waiting forever.
     async fn guarded<T>(
@@ -316,6 +355,22 @@ impl Links {
         .await
     }
 
+    /// Sets the link down and moves it into the retired group, for a later
+    /// [`Links::delete_retired`]; a link already gone is not an error. One request (measured:
+    /// well under a millisecond, against ~20 ms for deleting a macvlan).
+    pub async fn retire(&self, ifindex: u32) -> Result<(), LinkError> {
+        self.guarded(
+            &format!("retiring link {ifindex}"),
+            self.retire_unguarded(ifindex),
+        )
+        .await
+    }
+
+    /// Deletes every retired link with one request.
+    pub async fn delete_retired(&self) -> Result<(), LinkError> {
+        self.delete_group(self.retired_group).await
+    }
+
     /// Deletes every link of `group` with one request.
     pub async fn delete_group(&self, group: u32) -> Result<(), LinkError> {
         self.guarded(
@@ -325,6 +380,7 @@ impl Links {
         .await
     }
 
+    /// The link called `name`, if any.
     async fn find_by_name(&self, name: &str) -> Result<Option<LinkMessage>, LinkError> {
         let mut found = self.handle.link().get().match_name(name).execute();
         match found.try_next().await {
@@ -347,6 +403,13 @@ fn errno_of(error: &rtnetlink::Error) -> Option<i32> {
         rtnetlink::Error::NetlinkError(message) => Some(message.raw_code().abs()),
         _ => None,
     }
+}
+
+fn group_of(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Group(group) => Some(*group),
+        _ => None,
+    })
 }
 
 fn is_macvlan_of(link: &LinkMessage, parent_index: u32, mac: [u8; 6]) -> bool {
@@ -440,5 +503,7 @@ mod tests {
             !is_macvlan_of(&message, 3, [2, 0x77, 0, 0, 0, 9]),
             "no macvlan kind"
         );
+        assert_eq!(group_of(&message), Some(DEFAULT_LINK_GROUP));
+        assert_eq!(group_of(&LinkMessage::default()), None);
     }
 }
