@@ -1,19 +1,23 @@
-//! The standalone mode's embedded, crash-safe store: one JSON file per allocation plus one file
-//! holding the MAC pool, under the state directory.
+//! The standalone mode's embedded, crash-safe store: one record file per allocation plus one
+//! file holding the MAC pool, under the state directory.
 //!
-//! Why one file per allocation: every renewal rewrites the allocation it belongs to. Measured on
-//! this project's VM (ext4 on a virtio disk; write + fsync + rename + directory fsync, 200 runs):
-//! one 0.85 KB allocation file 1.3 ms per write, one file holding 500 allocations (485 KB)
-//! 1.2 ms. The fsync dominates either way, so time does not decide; what does: the single file
-//! would serialise and write all 500 allocations (~0.5 MB) on every renewal of any of them, and
-//! one corrupt file would lose every allocation instead of one.
+//! Why one file per allocation: every renewal rewrites the allocation it belongs to. A single
+//! file would serialise and write all allocations (~0.5 MB for 500) on every renewal of any of
+//! them, and one corrupt file would lose every allocation instead of one.
+//!
+//! An allocation's file holds two versions of its record ([`slots`]): a write overwrites the
+//! older one and costs one `fdatasync`, and a write torn by a crash leaves the other intact. The
+//! file is created before the allocation's lease exists ([`Store::reserve_allocation`]), so the
+//! write that confirms an address, which a POST waits for, is such an overwrite. A file that was
+//! reserved but never written is removed at open.
 //!
 //! The pool file lists every MAC of the pool, free or not: which MACs are free follows from the
 //! allocation files, so there is no moment at which a crash can leave a MAC both free and in use.
-//!
-//! Writes go through [`dhcpmanager_operator::state_file::write_atomically`] (temp file, fsync,
-//! rename, fsync of the directory): a crash leaves the old or the new content, never a mix.
-//! Unreadable files are reported with their path and skipped, never fatal.
+//! It is JSON written through [`dhcpmanager_operator::state_file::write_atomically`] (temp file,
+//! fsync, rename, fsync of the directory). Unreadable files are reported with their path and
+//! skipped, never fatal.
+
+mod slots;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -26,8 +30,11 @@ use dhcpmanager_operator::state_file::write_atomically;
 use serde::{Deserialize, Serialize};
 
 use crate::MacAddr;
+use slots::Contents;
 
 const ALLOCATIONS_DIR: &str = "allocations";
+/// Extension of an allocation's record file.
+const RECORD_EXTENSION: &str = "rec";
 const POOL_FILE: &str = "macs.json";
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +96,14 @@ pub struct Loaded {
     pub allocations: Vec<StoredAllocation>,
     pub pool: BTreeSet<MacAddr>,
     pub skipped: Vec<SkippedFile>,
+    /// Reserved files no record was written to (a crash before a lease), now removed.
+    pub unused_reservations: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cleanup {
+    Yes,
+    No,
 }
 
 /// The files of one state directory. Not synchronised: callers serialise writes to one file
@@ -111,8 +126,20 @@ impl Store {
         })?;
         let mut loaded = Loaded::default();
         store.load_pool(&mut loaded)?;
-        store.load_allocations(&mut loaded)?;
+        store.load_allocations(&mut loaded, Cleanup::Yes)?;
         Ok((store, loaded))
+    }
+
+    /// Reads what `open` would load without changing anything on disk (no leftovers removed):
+    /// for inspecting the directory of a running backend.
+    pub fn peek(dir: &Path) -> Result<Loaded, StoreError> {
+        let store = Store {
+            dir: dir.to_path_buf(),
+        };
+        let mut loaded = Loaded::default();
+        store.load_pool(&mut loaded)?;
+        store.load_allocations(&mut loaded, Cleanup::No)?;
+        Ok(loaded)
     }
 
     pub fn dir(&self) -> &Path {
@@ -127,13 +154,23 @@ impl Store {
         if !usable {
             return Err(StoreError::BadId(id.to_string()));
         }
-        Ok(self.allocations_dir().join(format!("{id}.json")))
+        Ok(self
+            .allocations_dir()
+            .join(format!("{id}.{RECORD_EXTENSION}")))
+    }
+
+    /// Creates the (empty) record file of an allocation ahead of its first record, so that
+    /// record costs one `fdatasync` instead of a file creation.
+    pub fn reserve_allocation(&self, id: &str) -> Result<(), StoreError> {
+        let path = self.allocation_path(id)?;
+        slots::create_empty(&path).map_err(|source| StoreError::Io { path, source })
     }
 
     pub fn save_allocation(&self, allocation: &StoredAllocation) -> Result<(), StoreError> {
         let path = self.allocation_path(&allocation.id)?;
+        // Pretty: the record stays readable in the file with `strings`.
         let json = serde_json::to_vec_pretty(allocation).expect("an allocation always serializes");
-        write_atomically(&path, &json).map_err(|source| StoreError::Io { path, source })
+        slots::write(&path, &json).map_err(|source| StoreError::Io { path, source })
     }
 
     pub fn remove_allocation(&self, id: &str) -> Result<(), StoreError> {
@@ -177,7 +214,7 @@ impl Store {
         Ok(())
     }
 
-    fn load_allocations(&self, loaded: &mut Loaded) -> Result<(), StoreError> {
+    fn load_allocations(&self, loaded: &mut Loaded, cleanup: Cleanup) -> Result<(), StoreError> {
         let dir = self.allocations_dir();
         let entries = fs::read_dir(&dir).map_err(|source| StoreError::Io {
             path: dir.clone(),
@@ -189,18 +226,30 @@ impl Store {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             if name.starts_with('.') && name.ends_with(".tmp") {
                 // A write interrupted before its rename: the previous content is still in place.
-                let _ = fs::remove_file(&path);
+                if cleanup == Cleanup::Yes {
+                    let _ = fs::remove_file(&path);
+                }
                 continue;
             }
-            let Some(stem) = name.strip_suffix(".json") else {
+            let Some(stem) = name.strip_suffix(&format!(".{RECORD_EXTENSION}")) else {
                 continue;
             };
             match read_allocation(&path) {
-                Ok(allocation) if allocation.id == stem => loaded.allocations.push(allocation),
-                Ok(allocation) => loaded.skipped.push(SkippedFile {
+                Ok(Some(allocation)) if allocation.id == stem => {
+                    loaded.allocations.push(allocation)
+                }
+                Ok(Some(allocation)) => loaded.skipped.push(SkippedFile {
                     problem: format!("holds allocation {:?}, not {stem:?}", allocation.id),
                     path,
                 }),
+                Ok(None) if cleanup == Cleanup::No => {}
+                Ok(None) => match fs::remove_file(&path) {
+                    Ok(()) => loaded.unused_reservations += 1,
+                    Err(error) => loaded.skipped.push(SkippedFile {
+                        problem: format!("an unused reservation that cannot be removed: {error}"),
+                        path,
+                    }),
+                },
                 Err(problem) => loaded.skipped.push(SkippedFile { path, problem }),
             }
         }
@@ -208,9 +257,15 @@ impl Store {
     }
 }
 
-fn read_allocation(path: &Path) -> Result<StoredAllocation, String> {
-    let bytes = fs::read(path).map_err(|e| e.to_string())?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("not an allocation: {e}"))
+/// The allocation in a record file; `None` for a reservation never written.
+fn read_allocation(path: &Path) -> Result<Option<StoredAllocation>, String> {
+    match slots::read(path).map_err(|e| e.to_string())? {
+        Contents::Empty => Ok(None),
+        Contents::Corrupt(problem) => Err(problem),
+        Contents::Record { payload, .. } => serde_json::from_slice(&payload)
+            .map(Some)
+            .map_err(|e| format!("not an allocation: {e}")),
+    }
 }
 
 #[cfg(test)]
@@ -267,17 +322,20 @@ mod tests {
         let (store, _) = Store::open(&dir).unwrap();
         let good = allocation("good", 1);
         store.save_allocation(&good).unwrap();
-        let torn = dir.join("allocations/torn.json");
-        fs::write(&torn, b"{\"id\": \"torn\", \"serv").unwrap();
-        let misnamed = dir.join("allocations/other.json");
-        fs::write(
-            &misnamed,
-            serde_json::to_vec(&allocation("good2", 2)).unwrap(),
-        )
-        .unwrap();
+        let garbage = dir.join("allocations/garbage.rec");
+        fs::write(&garbage, b"{\"id\": \"torn\", \"serv").unwrap();
+        // a record file holding another allocation than its name says
+        let misnamed = dir.join("allocations/other.rec");
+        store.save_allocation(&allocation("good2", 2)).unwrap();
+        fs::rename(dir.join("allocations/good2.rec"), &misnamed).unwrap();
+        // a valid record that is no allocation
+        let foreign = dir.join("allocations/foreign.rec");
+        slots::write(&foreign, b"[1, 2]").unwrap();
         fs::write(dir.join("macs.json"), b"[not a pool").unwrap();
-        let leftover = dir.join("allocations/.good.json.123.tmp");
+        let leftover = dir.join("allocations/.good.rec.123.tmp");
         fs::write(&leftover, b"half").unwrap();
+        // reserved, never written: removed quietly
+        store.reserve_allocation("unused").unwrap();
 
         let (_, loaded) = Store::open(&dir).unwrap();
         assert_eq!(loaded.allocations, vec![good]);
@@ -285,10 +343,40 @@ mod tests {
         let mut skipped: Vec<&Path> = loaded.skipped.iter().map(|s| s.path.as_path()).collect();
         skipped.sort();
         let pool_path = dir.join("macs.json");
-        let mut expected = vec![misnamed.as_path(), torn.as_path(), pool_path.as_path()];
+        let mut expected = vec![
+            misnamed.as_path(),
+            garbage.as_path(),
+            foreign.as_path(),
+            pool_path.as_path(),
+        ];
         expected.sort();
         assert_eq!(skipped, expected);
         assert!(!leftover.exists(), "interrupted temp files are cleared");
+        assert_eq!(loaded.unused_reservations, 1);
+        assert!(!dir.join("allocations/unused.rec").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_reserved_file_takes_the_record_in_place_and_keeps_every_version_readable() {
+        let dir = temp_dir("reserved");
+        let (store, _) = Store::open(&dir).unwrap();
+        store.reserve_allocation("a1").unwrap();
+        let path = store.allocation_path("a1").unwrap();
+        let size = fs::metadata(&path).unwrap().len();
+        let mut a = allocation("a1", 1);
+        store.save_allocation(&a).unwrap();
+        a.phase = Phase::Releasing;
+        store.save_allocation(&a).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            size,
+            "overwritten in place"
+        );
+        // reserving again must not wipe a record
+        store.reserve_allocation("a1").unwrap();
+        let (_, loaded) = Store::open(&dir).unwrap();
+        assert_eq!(loaded.allocations, vec![a]);
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -296,7 +384,7 @@ mod tests {
     fn ids_that_could_escape_the_directory_are_refused() {
         let dir = temp_dir("ids");
         let (store, _) = Store::open(&dir).unwrap();
-        for bad in ["", "../x", "a/b", "a.json"] {
+        for bad in ["", "../x", "a/b", "a.rec"] {
             assert!(
                 matches!(store.allocation_path(bad), Err(StoreError::BadId(_))),
                 "{bad}"

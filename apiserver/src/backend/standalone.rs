@@ -152,6 +152,12 @@ impl StandaloneBackend {
         for skipped in &loaded.skipped {
             error!(path = %skipped.path.display(), problem = %skipped.problem, "skipping an unreadable store file");
         }
+        if loaded.unused_reservations > 0 {
+            info!(
+                files = loaded.unused_reservations,
+                "removed record files reserved for allocations that never got a lease"
+            );
+        }
         let mut pool = loaded.pool.clone();
         pool.extend(options.initial_macs.iter().copied());
         let plan = recovery::plan(loaded.allocations, Utc::now());
@@ -229,6 +235,10 @@ impl StandaloneBackend {
         }
         if let Err(problem) = written(self.core.shared.writer.flush()).await {
             error!(%problem, "store flush failed at shutdown");
+        }
+        // Released and stopped links are only retired; a clean exit leaves none behind.
+        if let Err(error) = self.core.manager.settle_links().await {
+            warn!(%error, "deleting retired links failed at shutdown");
         }
     }
 }
@@ -331,8 +341,19 @@ impl Core {
 
     /// The whole of one POST. Runs as its own task: it finishes (bound and handed out, or
     /// withdrawn) even when the request is dropped; `answer` closed means nobody will take the
-    /// address, so it is withdrawn.
+    /// address, so it is withdrawn. Spares are refilled afterwards: a refill's link and record
+    /// file would otherwise compete with this POST for rtnetlink and the store's writer.
     async fn allocate(
+        self: Arc<Self>,
+        service: String,
+        deadline: Instant,
+        answer: oneshot::Sender<Result<Allocation, BackendError>>,
+    ) {
+        self.clone().allocate_once(service, deadline, answer).await;
+        self.fill_spares();
+    }
+
+    async fn allocate_once(
         self: Arc<Self>,
         service: String,
         deadline: Instant,
@@ -374,13 +395,12 @@ impl Core {
         let (stored, spare_link) = begun;
         let id = stored.id.clone();
         self.shared.notify();
-        self.fill_spares();
-        // Nothing reaches the disk before the lease is confirmed: until the ACK there is no lease
-        // a record could release after a crash, and a record at the ACK would put a second
-        // fsync in front of the answer. A crash mid-POST thus leaves a lease nobody renews (the
-        // server reclaims it when it expires) and a link the next start sweeps away; never an
-        // address handed out and then forgotten, because the answer waits for the confirmed
-        // record below.
+        // No record reaches the disk before the lease is confirmed: until the ACK there is no
+        // lease a record could release after a crash, and a record at the ACK would put a
+        // second write in front of the answer. A crash mid-POST thus leaves a lease nobody
+        // renews (the server reclaims it when it expires), an empty record file and a link, both
+        // removed at the next start; never an address handed out and then forgotten, because
+        // the answer waits for the confirmed record below.
         let spec = self.spec(&stored);
         let started = match spare_link {
             Some(link) => self.manager.start_prepared(spec, None, link).await,

@@ -19,6 +19,7 @@ use tokio::sync::{Notify, watch};
 use tracing::{debug, warn};
 
 use super::Core;
+use super::writer::written;
 use crate::MacAddr;
 
 /// The ready spares' links, and a signal for POSTs waiting on a spare being prepared.
@@ -90,10 +91,20 @@ impl Core {
     }
 
     async fn prepare_spare(self: Arc<Self>, id: String, mac: MacAddr) {
-        let prepared = self
-            .manager
-            .prepare(&id, &self.options.parent, WireMac(mac.0))
-            .await;
+        // The record file too, so the POST that takes the spare confirms with one overwrite.
+        let (prepared, reserved) = tokio::join!(
+            self.manager
+                .prepare(&id, &self.options.parent, WireMac(mac.0)),
+            written(self.shared.writer.reserve(&id))
+        );
+        let prepared = match (prepared, reserved) {
+            (Ok(link), Err(problem)) => {
+                self.discard_spare_link(link).await;
+                Err(problem)
+            }
+            (Ok(link), Ok(())) => Ok(link),
+            (Err(error), _) => Err(error.to_string()),
+        };
         let unwanted = match prepared {
             Ok(link) => {
                 let mut book = self.shared.book();
@@ -109,6 +120,7 @@ impl Core {
                 // is gone costs one attempt per event, not a loop.
                 warn!(%mac, %error, "cannot prepare a spare link; POSTs create their links meanwhile");
                 self.shared.book().drop_spare(mac, &id);
+                drop(self.shared.writer.remove(&id));
                 None
             }
         };
@@ -144,7 +156,9 @@ impl Core {
         }
     }
 
+    /// Deletes a spare's link and its reserved record file.
     async fn discard_spare_link(&self, link: PreparedLink) {
+        drop(self.shared.writer.remove(link.key()));
         let interface = link.interface().to_owned();
         if let Err(error) = self.manager.discard(link).await {
             warn!(%interface, %error, "cannot delete a spare link; the next start sweeps it");

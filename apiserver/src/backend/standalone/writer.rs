@@ -25,6 +25,8 @@ enum Target {
 
 #[derive(Debug)]
 enum Content {
+    /// Creates the allocation's empty record file (a later save is then one fdatasync).
+    Reserve,
     Save(Box<StoredAllocation>),
     Remove,
     Pool(BTreeSet<MacAddr>),
@@ -53,6 +55,10 @@ impl StoreWriter {
             .name("dm-store".into())
             .spawn(move || run(store, queue))?;
         Ok(StoreWriter { jobs })
+    }
+
+    pub fn reserve(&self, id: &str) -> Written {
+        self.queue(Target::Allocation(id.to_string()), Content::Reserve)
     }
 
     pub fn save(&self, allocation: StoredAllocation) -> Written {
@@ -136,7 +142,10 @@ fn coalesce(batch: Vec<Job>) -> Vec<Coalesced> {
         match earlier {
             Some(index) => {
                 let (_, content, waiters) = &mut out[index];
-                *content = job.content;
+                // A reservation adds nothing to a save or removal queued before it.
+                if !matches!(job.content, Content::Reserve) {
+                    *content = job.content;
+                }
                 waiters.extend(job.done);
             }
             None => out.push((job.target, job.content, job.done.into_iter().collect())),
@@ -149,6 +158,7 @@ fn coalesce(batch: Vec<Job>) -> Vec<Coalesced> {
 
 fn write(store: &Store, target: &Target, content: Content) -> Result<(), String> {
     let outcome = match (target, content) {
+        (Target::Allocation(id), Content::Reserve) => store.reserve_allocation(id),
         (_, Content::Save(allocation)) => store.save_allocation(&allocation),
         (Target::Allocation(id), Content::Remove) => store.remove_allocation(id),
         (_, Content::Pool(pool)) => store.save_pool(&pool),
@@ -203,6 +213,30 @@ mod tests {
         assert_eq!(out[0].2.len(), 2);
         assert_eq!(out[1].0, b);
         assert_eq!(out[2].0, Target::Barrier);
+    }
+
+    #[test]
+    fn a_reservation_never_replaces_a_save_or_removal_of_the_same_file() {
+        let a = Target::Allocation("a".into());
+        let (j1, _w1) = job(
+            a.clone(),
+            Content::Save(Box::new(allocation("a", Phase::Confirmed))),
+        );
+        let (j2, _w2) = job(a.clone(), Content::Reserve);
+        let (j3, _w3) = job(Target::Allocation("b".into()), Content::Remove);
+        let (j4, _w4) = job(Target::Allocation("b".into()), Content::Reserve);
+        let out = coalesce(vec![j1, j2, j3, j4]);
+        assert_eq!(out.len(), 2);
+        assert!(matches!(out[0].1, Content::Save(_)));
+        assert_eq!(out[0].2.len(), 2, "both waiters answered by the save");
+        assert!(matches!(out[1].1, Content::Remove));
+        // and a reservation followed by a save is the save (it creates the file itself)
+        let (j5, _w5) = job(a.clone(), Content::Reserve);
+        let (j6, _w6) = job(
+            a,
+            Content::Save(Box::new(allocation("a", Phase::Confirmed))),
+        );
+        assert!(matches!(coalesce(vec![j5, j6])[0].1, Content::Save(_)));
     }
 
     #[tokio::test]
