@@ -90,7 +90,7 @@ fn decode_slot(slot: &[u8]) -> Slot {
 
 /// Reads a whole file image: the newest intact version, if any.
 pub fn decode(image: &[u8]) -> Contents {
-    if image.is_empty() || image.len() % 2 != 0 {
+    if image.is_empty() || !image.len().is_multiple_of(2) {
         return Contents::Corrupt(format!("{} bytes is no two-slot file", image.len()));
     }
     let (first, second) = image.split_at(image.len() / 2);
@@ -130,7 +130,7 @@ fn image(slot_bytes: usize, record: Option<(u64, &[u8])>) -> Vec<u8> {
 
 /// Version `seq` lives in slot `seq % 2`, so consecutive versions alternate.
 fn slot_offset(seq: u64, slot_bytes: usize) -> usize {
-    if seq % 2 == 0 { 0 } else { slot_bytes }
+    if seq.is_multiple_of(2) { 0 } else { slot_bytes }
 }
 
 fn slot_bytes_for(payload_len: usize) -> usize {
@@ -165,7 +165,7 @@ pub fn write(path: &Path, payload: &[u8]) -> io::Result<()> {
         Contents::Record { seq, .. } => seq + 1,
         Contents::Empty | Contents::Corrupt(_) => 1,
     };
-    if current.len() % 2 != 0 || slot_bytes < HEADER_BYTES + payload.len() {
+    if !current.len().is_multiple_of(2) || slot_bytes < HEADER_BYTES + payload.len() {
         let slot_bytes = slot_bytes_for(payload.len());
         return write_atomically(path, &image(slot_bytes, Some((seq, payload))));
     }
