@@ -383,6 +383,24 @@ mod tests {
     }
 
     #[test]
+    fn spare_links_from_file_environment_and_flag() {
+        assert_eq!(load("", &[], &[]).unwrap().spare_links, 4);
+        assert_eq!(load("spare-links = 0\n", &[], &[]).unwrap().spare_links, 0);
+        let config = load("spare-links = 1\n", &[("DHCP_SPARE-LINKS", "8")], &[]).unwrap();
+        assert_eq!(config.spare_links, 8);
+        let config = load(
+            "",
+            &[("DHCP_SPARE_LINKS", "8")],
+            &[("spare-links", "2".into())],
+        );
+        assert_eq!(config.unwrap().spare_links, 2);
+        let error = load("spare-links = -1\n", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("spare-links"), "{error}");
+    }
+
+    #[test]
     fn empty_etcd_list_disables_the_mirror() {
         let config = load("etcd = []\n", &[], &[]).unwrap();
         assert!(config.etcd.is_empty());
