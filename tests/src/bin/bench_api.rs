@@ -5,7 +5,8 @@
 //! separately), beside the raw DHCP exchange floor (`bench::raw_dora`) measured in the same run
 //! against the same server (the lab's Kea):
 //! - standalone backend: `dhcpmanager-apiserver --standalone` in the lab's agent namespace, the
-//!   clients in that namespace too (as on a node);
+//!   clients in that namespace too (as on a node); with its default spare links, and again with
+//!   `spare-links = 0` (every POST creates its macvlan: what a burst beyond the spares gets);
 //! - Kubernetes backend: the apiserver in the root namespace on loopback with a kubeconfig for a
 //!   private real kube-apiserver, one agent as in `bench_agent` (`--time-scale 1`).
 //!
@@ -53,13 +54,21 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BenchErro
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BackendKind {
     Standalone,
+    StandaloneNoSpares,
     Kubernetes,
 }
 
 impl BackendKind {
+    const ALL: [BackendKind; 3] = [
+        BackendKind::Standalone,
+        BackendKind::StandaloneNoSpares,
+        BackendKind::Kubernetes,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             BackendKind::Standalone => "standalone",
+            BackendKind::StandaloneNoSpares => "standalone-no-spares",
             BackendKind::Kubernetes => "kubernetes",
         }
     }
@@ -75,7 +84,7 @@ struct Args {
 fn parse_args() -> Result<Args> {
     let mut args = Args {
         samples: 30,
-        backends: vec![BackendKind::Standalone, BackendKind::Kubernetes],
+        backends: BackendKind::ALL.to_vec(),
         out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/api.json"),
     };
     let mut it = std::env::args().skip(1);
@@ -87,10 +96,11 @@ fn parse_args() -> Result<Args> {
             "--backends" => {
                 args.backends = value
                     .split(',')
-                    .map(|name| match name {
-                        "standalone" => Ok(BackendKind::Standalone),
-                        "kubernetes" => Ok(BackendKind::Kubernetes),
-                        _ => Err(BenchError::Usage),
+                    .map(|name| {
+                        BackendKind::ALL
+                            .into_iter()
+                            .find(|kind| kind.name() == name)
+                            .ok_or(BenchError::Usage)
                     })
                     .collect::<Result<_>>()?
             }
@@ -387,7 +397,14 @@ fn raw_floor(lab: &Lab, samples: usize) -> Result<RawSamples> {
     })??)
 }
 
-fn standalone(samples: usize) -> Result<BackendRun> {
+/// The default of the apiserver's `spare-links`.
+const DEFAULT_SPARE_LINKS: usize = 4;
+
+fn standalone(samples: usize, kind: BackendKind) -> Result<BackendRun> {
+    let spare_links = match kind {
+        BackendKind::StandaloneNoSpares => 0,
+        _ => DEFAULT_SPARE_LINKS,
+    };
     let lab = Lab::up()?;
     lab.start(Server::Kea, kea())?;
     let quoted: Vec<String> = macs("02:ab:00:00")
@@ -398,7 +415,7 @@ fn standalone(samples: usize) -> Result<BackendRun> {
     std::fs::write(
         &config,
         format!(
-            "interface = \"{}\"\nmacs = [{}]\netcd = []\nrequest-timeout = \"{SERVER_REQUEST_TIMEOUT}\"\nstate-dir = \"{}\"\n",
+            "interface = \"{}\"\nmacs = [{}]\netcd = []\nrequest-timeout = \"{SERVER_REQUEST_TIMEOUT}\"\nstate-dir = \"{}\"\nspare-links = {spare_links}\n",
             lab.parent(),
             quoted.join(", "),
             lab.dir().join("bench-api-state").display()
@@ -423,15 +440,15 @@ fn standalone(samples: usize) -> Result<BackendRun> {
     let levels = in_netns(&lab.agent_ns(), || {
         runtime().block_on(async {
             wait_healthy(addr, &log).await?;
-            Ok::<_, BenchError>(levels(addr, samples, "standalone").await)
+            Ok::<_, BenchError>(levels(addr, samples, kind.name()).await)
         })
     })??;
     drop(server);
     lab.down()?;
     Ok(BackendRun {
-        backend: BackendKind::Standalone.name(),
+        backend: kind.name(),
         setup: format!(
-            "dhcpmanager-apiserver --standalone in the lab's agent namespace, {MACS} MACs, request-timeout {SERVER_REQUEST_TIMEOUT}; clients in the same namespace"
+            "dhcpmanager-apiserver --standalone in the lab's agent namespace, {MACS} MACs, spare-links {spare_links}, request-timeout {SERVER_REQUEST_TIMEOUT}; clients in the same namespace"
         ),
         raw_exchange: Latency::of(raw.exchange, raw.failed),
         raw_total: Latency::of(raw.total, raw.failed),
@@ -579,7 +596,9 @@ fn main() {
     let mut failed = false;
     for &backend in &args.backends {
         let run = match backend {
-            BackendKind::Standalone => standalone(args.samples),
+            BackendKind::Standalone | BackendKind::StandaloneNoSpares => {
+                standalone(args.samples, backend)
+            }
             BackendKind::Kubernetes => kubernetes(args.samples),
         };
         match run {
