@@ -116,19 +116,9 @@ async fn wait_until(done: impl Fn() -> bool) {
     }
 }
 
-/// Names of our macvlans (dm + hash) in the agent namespace.
+/// Names of our macvlans (dm + hash) in the agent namespace, sorted.
 fn our_links(lab: &Lab) -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["-n", &lab.agent_ns(), "-o", "link", "show"])
-        .output()
-        .expect("ip link");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| line.split(": ").nth(1))
-        .map(|name| name.split('@').next().unwrap_or(name).to_string())
-        .filter(|name| name.starts_with("dm"))
-        .collect()
+    our_link_macs(lab).into_keys().collect()
 }
 
 /// Ids of the allocations on disk (reserved record files without a record are not allocations).
