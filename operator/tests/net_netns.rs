@@ -472,8 +472,12 @@ fn link_flags(details: &str) -> Vec<String> {
     flags.split(',').map(str::to_owned).collect()
 }
 
+fn has_flag(details: &str, flag: &str) -> bool {
+    link_flags(details).iter().any(|f| f == flag)
+}
+
 fn is_up(details: &str) -> bool {
-    link_flags(details).iter().any(|f| f == "UP")
+    has_flag(details, "UP")
 }
 
 fn in_group(details: &str, group: u32) -> bool {
@@ -482,7 +486,7 @@ fn in_group(details: &str, group: u32) -> bool {
 }
 
 #[test]
-fn a_retired_link_is_down_in_the_retired_group_and_frees_its_mac_at_once() {
+fn a_retired_link_is_silent_in_the_retired_group_and_holds_its_mac_until_deleted() {
     let pair = NetnsPair::new();
     let ns = pair.a.clone();
     in_netns(&pair.a, move || async move {
@@ -494,13 +498,17 @@ fn a_retired_link_is_down_in_the_retired_group_and_frees_its_mac_at_once() {
             .create_macvlan("va", &old, mac_of(1), DEFAULT_LINK_GROUP, &link_alias("a"))
             .await
             .unwrap();
-        assert!(is_up(&link_details(&ns, &old).unwrap()));
+        let details = link_details(&ns, &old).unwrap();
+        assert!(is_up(&details) && !has_flag(&details, "NOARP"), "{details}");
 
         let start = Instant::now();
         links.retire(old_index).await.unwrap();
         let retire_time = start.elapsed();
         let details = link_details(&ns, &old).expect("a retired link still exists");
-        assert!(!is_up(&details), "retired means down: {details}");
+        assert!(
+            has_flag(&details, "NOARP"),
+            "retired means no ARP: {details}"
+        );
         assert!(in_group(&details, retired_group), "{details}");
         assert!(
             links
@@ -515,29 +523,27 @@ fn a_retired_link_is_down_in_the_retired_group_and_frees_its_mac_at_once() {
         links.retire(old_index).await.unwrap();
         links.retire(999_999).await.unwrap();
 
-        // The same MAC on the same parent, up, while the retired link exists.
+        // Still up, it holds its MAC on the parent: why the manager waits for the reaper
+        // before it reuses a MAC.
         let new = link_name("test/retire-new");
-        let new_index = links
+        let busy = links
             .create_macvlan("va", &new, mac_of(1), DEFAULT_LINK_GROUP, &link_alias("b"))
-            .await
-            .expect("a retired link's MAC is free at once");
-        let details = link_details(&ns, &new).unwrap();
-        assert!(is_up(&details), "{details}");
-        assert!(details.contains("02:77:00:00:00:01"), "{details}");
-        // The kernel does check: the retired twin cannot come back up beside it.
-        let revived = Command::new("ip")
-            .args(["-n", &ns, "link", "set", &old, "up"])
-            .output()
-            .unwrap();
-        assert!(
-            !revived.status.success(),
-            "two macvlans up with one MAC on one parent"
+            .await;
+        assert!(busy.is_err(), "{busy:?}");
+        assert_eq!(
+            link_details(&ns, &new),
+            None,
+            "a failed create leaves nothing"
         );
 
         let start = Instant::now();
         links.delete_retired().await.unwrap();
         let delete_time = start.elapsed();
         assert_eq!(link_details(&ns, &old), None, "the retired link is deleted");
+        let new_index = links
+            .create_macvlan("va", &new, mac_of(1), DEFAULT_LINK_GROUP, &link_alias("b"))
+            .await
+            .expect("the MAC is free once the retired link is deleted");
         let ours = links.list_ours(DEFAULT_LINK_GROUP).await.unwrap();
         assert_eq!(ours.len(), 1);
         assert_eq!(ours[0].ifindex, new_index);
@@ -545,6 +551,35 @@ fn a_retired_link_is_down_in_the_retired_group_and_frees_its_mac_at_once() {
         links.delete_retired().await.unwrap();
         println!("retire one macvlan: {retire_time:?}; delete the retired group: {delete_time:?}");
     });
+}
+
+#[test]
+fn the_manager_reuses_the_mac_of_a_link_it_just_retired() {
+    let pair = NetnsPair::new();
+    let ns = pair.a.clone();
+    in_netns(&pair.a, move || async move {
+        let manager = LeaseManager::new(
+            ManagerConfig::default(),
+            Arc::new(|_: &str, _: Option<&LeaseRecord>| {}),
+        )
+        .unwrap();
+        let mac = MacAddr(mac_of(400));
+        for round in 0..5 {
+            let old = manager.prepare("test/old", "va", mac).await.unwrap();
+            let old_name = old.interface().to_owned();
+            manager.discard(old).await.unwrap();
+            // No settle: the manager knows the MAC is held and waits for its deletion.
+            let new = manager.prepare("test/new", "va", mac).await.unwrap();
+            let details = link_details(&ns, new.interface()).unwrap();
+            assert!(is_up(&details), "round {round}: {details}");
+            assert!(details.contains("02:77:00:00:01:90"), "{details}");
+            assert_eq!(link_details(&ns, &old_name), None, "round {round}");
+            manager.discard(new).await.unwrap();
+        }
+        manager.settle_links().await.unwrap();
+    });
+    let remaining = run(&["ip", "-n", &pair.a, "-o", "link", "show"]);
+    assert_eq!(remaining.lines().count(), 2, "only lo and va: {remaining}");
 }
 
 #[test]

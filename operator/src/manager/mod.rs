@@ -73,6 +73,7 @@ struct Running {
     status: watch::Receiver<AddressStatus>,
     task: JoinHandle<()>,
     ifindex: u32,
+    mac: crate::dhcp::MacAddr,
 }
 
 /// Holds leases for many addresses. Cheap to clone; all clones share the same addresses.
@@ -187,7 +188,7 @@ impl LeaseManager {
             }),
             Err(error) => {
                 // Leave nothing behind for an address we could not start.
-                let _ = self.retire_link(ifindex).await;
+                let _ = self.retire_link(ifindex, mac).await;
                 Err(Error::Socket {
                     interface: name,
                     source: error,
@@ -198,15 +199,15 @@ impl LeaseManager {
 
     /// Retires a prepared link that will not be used (see [`LeaseManager::settle_links`]).
     pub async fn discard(&self, link: PreparedLink) -> Result<(), Error> {
-        self.retire_link(link.ifindex).await
+        self.retire_link(link.ifindex, link.mac).await
     }
 
-    /// Sets the link down and leaves its deletion to the reaper, which deletes every retired
+    /// Silences the link and leaves its deletion to the reaper, which deletes every retired
     /// link with one request; a link that cannot be retired is deleted at once.
-    async fn retire_link(&self, ifindex: u32) -> Result<(), Error> {
+    async fn retire_link(&self, ifindex: u32, mac: crate::dhcp::MacAddr) -> Result<(), Error> {
         match self.inner.links.retire(ifindex).await {
             Ok(()) => {
-                self.inner.reaper.retired();
+                self.inner.reaper.retired(mac.octets());
                 Ok(())
             }
             Err(error) => {
@@ -305,6 +306,7 @@ impl LeaseManager {
                 status: status_rx.clone(),
                 task,
                 ifindex,
+                mac,
             },
         );
         Ok(status_rx)
@@ -318,6 +320,11 @@ impl LeaseManager {
         mac: crate::dhcp::MacAddr,
     ) -> Result<(String, u32), Error> {
         let name = links::link_name(key);
+        // A retired link keeps its MAC on the parent until the reaper deletes it (rare: a MAC
+        // reused within milliseconds); if that fails, the create below says why.
+        if let Err(error) = self.inner.reaper.released(mac.octets()).await {
+            warn!(%mac, %error, "a retired link may still hold the MAC");
+        }
         let ifindex = self
             .inner
             .links
@@ -388,7 +395,7 @@ impl LeaseManager {
         }
         let _ = running.task.await;
         if remove_link {
-            self.retire_link(running.ifindex).await?;
+            self.retire_link(running.ifindex, running.mac).await?;
         }
         Ok(())
     }

@@ -4,7 +4,8 @@
 //! deletion holds the rtnl lock), while deleting a whole link group in one request costs about
 //! the same for 50 links. So a release only retires its link (one quick `RTM_NEWLINK`), and one
 //! background task deletes the retired group whenever links were retired. Retirements that
-//! arrive while a group delete runs are covered by the next one.
+//! arrive while a group delete runs are covered by the next one. A retired link keeps its MAC
+//! until it is deleted, so the backlog also knows which MACs are still held.
 
 use std::future::Future;
 use std::sync::{Arc, Weak};
@@ -33,6 +34,8 @@ pub struct Backlog {
     /// The outcome of the last finished group delete (an error as text: it goes to every
     /// waiter).
     last_outcome: Result<(), String>,
+    /// MACs of retired links not yet covered, with their tickets.
+    held_macs: Vec<([u8; 6], u64)>,
 }
 
 impl Default for Backlog {
@@ -42,15 +45,27 @@ impl Default for Backlog {
             covered: 0,
             running: None,
             last_outcome: Ok(()),
+            held_macs: Vec::new(),
         }
     }
 }
 
 impl Backlog {
-    /// Notes one more retired link and returns its ticket.
-    pub fn retire(&mut self) -> u64 {
+    /// Notes one more retired link, which holds `mac` until it is deleted, and returns its
+    /// ticket.
+    pub fn retire(&mut self, mac: [u8; 6]) -> u64 {
         self.retired += 1;
+        self.held_macs.push((mac, self.retired));
         self.retired
+    }
+
+    /// The ticket after which no retired link holds `mac` any more, if one still does.
+    pub fn holding(&self, mac: [u8; 6]) -> Option<u64> {
+        self.held_macs
+            .iter()
+            .filter(|(held, _)| *held == mac)
+            .map(|(_, ticket)| *ticket)
+            .max()
     }
 
     /// The ticket a settle taken now waits for: every retirement so far.
@@ -78,6 +93,7 @@ impl Backlog {
         if let Some(target) = self.running.take() {
             self.covered = target;
             self.last_outcome = outcome;
+            self.held_macs.retain(|(_, ticket)| *ticket > target);
         }
     }
 
@@ -107,16 +123,31 @@ impl Reaper {
         Reaper { backlog }
     }
 
-    /// Notes that a link was just retired.
-    pub fn retired(&self) {
+    /// Notes that a link holding `mac` was just retired.
+    pub fn retired(&self, mac: [u8; 6]) {
         self.backlog.send_modify(|backlog| {
-            backlog.retire();
+            backlog.retire(mac);
         });
     }
 
     /// Completes once every link retired before the call has been deleted.
     pub fn settled(&self) -> impl Future<Output = Result<(), LinkError>> + Send + 'static {
-        let ticket = self.backlog.borrow().ticket();
+        self.settled_through(self.backlog.borrow().ticket())
+    }
+
+    /// Completes once no retired link holds `mac` (at once when none does).
+    pub fn released(
+        &self,
+        mac: [u8; 6],
+    ) -> impl Future<Output = Result<(), LinkError>> + Send + 'static {
+        let ticket = self.backlog.borrow().holding(mac).unwrap_or(0);
+        self.settled_through(ticket)
+    }
+
+    fn settled_through(
+        &self,
+        ticket: u64,
+    ) -> impl Future<Output = Result<(), LinkError>> + Send + 'static {
         let mut changes = self.backlog.subscribe();
         async move {
             let outcome = changes
@@ -183,6 +214,28 @@ impl ReaperTask {
 mod tests {
     use super::*;
 
+    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const OTHER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+    #[test]
+    fn a_mac_is_held_until_the_delete_covering_its_last_retirement() {
+        let mut backlog = Backlog::default();
+        assert_eq!(backlog.holding(MAC), None);
+        let first = backlog.retire(MAC);
+        backlog.retire(OTHER_MAC);
+        assert_eq!(backlog.holding(MAC), Some(first));
+        backlog.begin();
+        // Retired again (another link, same MAC) while the delete runs: held until the next.
+        let again = backlog.retire(MAC);
+        assert_eq!(backlog.holding(MAC), Some(again));
+        backlog.finish(Ok(()));
+        assert_eq!(backlog.holding(OTHER_MAC), None);
+        assert_eq!(backlog.holding(MAC), Some(again));
+        backlog.begin();
+        backlog.finish(Ok(()));
+        assert_eq!(backlog.holding(MAC), None);
+    }
+
     #[test]
     fn nothing_retired_nothing_to_delete() {
         let mut backlog = Backlog::default();
@@ -194,8 +247,8 @@ mod tests {
     #[test]
     fn one_delete_covers_every_retirement_before_it() {
         let mut backlog = Backlog::default();
-        let first = backlog.retire();
-        let second = backlog.retire();
+        let first = backlog.retire(MAC);
+        let second = backlog.retire(MAC);
         assert!(backlog.has_pending());
         assert_eq!(backlog.covers(first), None);
         assert_eq!(backlog.begin(), Some(second));
@@ -208,10 +261,10 @@ mod tests {
     #[test]
     fn retirements_during_a_delete_wait_for_the_next_one() {
         let mut backlog = Backlog::default();
-        let before = backlog.retire();
+        let before = backlog.retire(MAC);
         assert_eq!(backlog.begin(), Some(before));
-        let during = backlog.retire();
-        let also_during = backlog.retire();
+        let during = backlog.retire(MAC);
+        let also_during = backlog.retire(MAC);
         assert!(!backlog.has_pending(), "one delete at a time");
         assert_eq!(backlog.begin(), None);
         backlog.finish(Ok(()));
@@ -227,11 +280,11 @@ mod tests {
     #[test]
     fn a_failed_delete_is_reported_until_a_later_one_succeeds() {
         let mut backlog = Backlog::default();
-        let ticket = backlog.retire();
+        let ticket = backlog.retire(MAC);
         backlog.begin();
         backlog.finish(Err("EBUSY".into()));
         assert_eq!(backlog.covers(ticket), Some(Err("EBUSY".into())));
-        backlog.retire();
+        backlog.retire(MAC);
         backlog.begin();
         backlog.finish(Ok(()));
         // The later group delete took the earlier link too.
@@ -241,7 +294,7 @@ mod tests {
     #[test]
     fn finishing_without_a_running_delete_changes_nothing() {
         let mut backlog = Backlog::default();
-        let ticket = backlog.retire();
+        let ticket = backlog.retire(MAC);
         backlog.finish(Err("stray".into()));
         assert_eq!(backlog.covers(ticket), None);
         assert!(backlog.has_pending());
