@@ -3,9 +3,15 @@
 //! Deleting one macvlan costs the kernel ~20 ms (unregistering a netdev waits for RCU, and every
 //! deletion holds the rtnl lock), while deleting a whole link group in one request costs about
 //! the same for 50 links. So a release only retires its link (one quick `RTM_NEWLINK`), and one
-//! background task deletes the retired group whenever links were retired. Retirements that
-//! arrive while a group delete runs are covered by the next one. A retired link keeps its MAC
-//! until it is deleted, so the backlog also knows which MACs are still held.
+//! background task deletes the retired group: [`GATHER`] after the first retirement, so a
+//! burst of releases costs one deletion, or at once when somebody waits for it (a settle, or a
+//! new link that needs a retired link's MAC). Retirements that arrive while a group delete runs
+//! are covered by the next one. A retired link keeps its MAC until it is deleted, so the backlog
+//! also knows which MACs are still held.
+//!
+//! Why gather: every group delete holds the rtnl lock for 20-30 ms, and any link operation
+//! meanwhile (a new address's macvlan, the next retirement) waits for it. Deleting after every
+//! release put that wait on the next request of a client that creates and deletes in turn.
 
 use std::future::Future;
 use std::sync::{Arc, Weak};
@@ -16,6 +22,8 @@ use tracing::warn;
 
 use crate::net::links::{LinkError, Links};
 
+/// How long retirements gather before their group delete, when nobody waits for it.
+pub const GATHER: Duration = Duration::from_secs(1);
 /// Attempts of one group delete before its links are left to the next sweep.
 const ATTEMPTS: u32 = 3;
 /// Pause between attempts.
@@ -36,6 +44,8 @@ pub struct Backlog {
     last_outcome: Result<(), String>,
     /// MACs of retired links not yet covered, with their tickets.
     held_macs: Vec<([u8; 6], u64)>,
+    /// The highest ticket somebody waits for: no gathering until it is covered.
+    awaited: u64,
 }
 
 impl Default for Backlog {
@@ -46,6 +56,7 @@ impl Default for Backlog {
             running: None,
             last_outcome: Ok(()),
             held_macs: Vec::new(),
+            awaited: 0,
         }
     }
 }
@@ -76,6 +87,16 @@ impl Backlog {
     /// Whether retired links wait for a group delete that has not started.
     pub fn has_pending(&self) -> bool {
         self.running.is_none() && self.retired > self.covered
+    }
+
+    /// Somebody waits until `ticket` is covered.
+    pub fn await_ticket(&mut self, ticket: u64) {
+        self.awaited = self.awaited.max(ticket);
+    }
+
+    /// Whether a group delete should start now rather than after gathering.
+    pub fn is_awaited(&self) -> bool {
+        self.has_pending() && self.awaited > self.covered
     }
 
     /// Starts a group delete covering every retirement so far, unless one runs already or
@@ -132,7 +153,9 @@ impl Reaper {
 
     /// Completes once every link retired before the call has been deleted.
     pub fn settled(&self) -> impl Future<Output = Result<(), LinkError>> + Send + 'static {
-        self.settled_through(self.backlog.borrow().ticket())
+        // Bound first: a borrow alive across `settled_through` would deadlock its update.
+        let ticket = self.backlog.borrow().ticket();
+        self.settled_through(ticket)
     }
 
     /// Completes once no retired link holds `mac` (at once when none does).
@@ -149,6 +172,16 @@ impl Reaper {
         ticket: u64,
     ) -> impl Future<Output = Result<(), LinkError>> + Send + 'static {
         let mut changes = self.backlog.subscribe();
+        if ticket > 0 {
+            self.backlog
+                .send_if_modified(|backlog| match backlog.covers(ticket) {
+                    Some(_) => false,
+                    None => {
+                        backlog.await_ticket(ticket);
+                        true
+                    }
+                });
+        }
         async move {
             let outcome = changes
                 .wait_for(|backlog| backlog.covers(ticket).is_some())
@@ -172,6 +205,10 @@ impl ReaperTask {
     async fn run(mut self) {
         // A closed channel still yields a value that is pending (wait_for looks first).
         while self.changes.wait_for(Backlog::has_pending).await.is_ok() {
+            // Gather more retirements into this delete, unless somebody waits for it. A closed
+            // channel (the manager is gone) ends the wait at once.
+            let awaited = self.changes.wait_for(Backlog::is_awaited);
+            let _ = tokio::time::timeout(GATHER, awaited).await;
             let Some(backlog) = self.backlog.upgrade() else {
                 // The manager is gone with links retired: delete them, nobody waits.
                 let _ = self.delete().await;
@@ -234,6 +271,21 @@ mod tests {
         backlog.begin();
         backlog.finish(Ok(()));
         assert_eq!(backlog.holding(MAC), None);
+    }
+
+    #[test]
+    fn a_waiter_ends_the_gathering_until_its_ticket_is_covered() {
+        let mut backlog = Backlog::default();
+        let first = backlog.retire(MAC);
+        assert!(backlog.has_pending());
+        assert!(!backlog.is_awaited(), "nobody waits: gather");
+        backlog.await_ticket(first);
+        assert!(backlog.is_awaited());
+        backlog.begin();
+        assert!(!backlog.is_awaited(), "running");
+        backlog.finish(Ok(()));
+        backlog.retire(OTHER_MAC);
+        assert!(!backlog.is_awaited(), "the waiter was served: gather again");
     }
 
     #[test]

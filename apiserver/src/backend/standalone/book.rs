@@ -33,6 +33,11 @@ pub struct Book {
     /// Free MACs set aside for spare links (see `spares.rs`), with the allocation id each
     /// spare's link is named after. Still free as far as the API is concerned.
     spares: BTreeMap<MacAddr, Spare>,
+    /// When each MAC was last given back (a running count): new allocations and spares take the
+    /// free MAC given back longest ago, because the link of one given back just now is still
+    /// being deleted, and a new link with its MAC would have to wait for that.
+    freed: BTreeMap<MacAddr, u64>,
+    frees: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +78,8 @@ impl Book {
             allocations: BTreeMap::new(),
             pool,
             spares: BTreeMap::new(),
+            freed: BTreeMap::new(),
+            frees: 0,
         }
     }
 
@@ -132,11 +139,7 @@ impl Book {
             self.spares.remove(&mac);
             return Ok(Begun::OnSpare(self.insert_pending(id, service, mac)));
         }
-        let unreserved = self
-            .free_macs()
-            .into_iter()
-            .find(|mac| !self.spares.contains_key(mac));
-        match unreserved {
+        match self.unreserved_free_mac() {
             Some(mac) => Ok(Begun::Cold(self.insert_pending(new_id, service, mac))),
             None if self.spares.is_empty() => Err(BackendError::NoFreeMac),
             None => Ok(Begun::WaitForSpare),
@@ -158,6 +161,19 @@ impl Book {
         stored
     }
 
+    /// The free MAC no spare holds that was given back longest ago (never: first).
+    fn unreserved_free_mac(&self) -> Option<MacAddr> {
+        self.free_macs()
+            .into_iter()
+            .filter(|mac| !self.spares.contains_key(mac))
+            .min_by_key(|mac| (self.freed.get(mac).copied().unwrap_or(0), *mac))
+    }
+
+    fn note_freed(&mut self, mac: MacAddr) {
+        self.frees += 1;
+        self.freed.insert(mac, self.frees);
+    }
+
     /// Spares ready or being prepared.
     pub fn spare_count(&self) -> usize {
         self.spares.len()
@@ -165,10 +181,7 @@ impl Book {
 
     /// Sets a free MAC aside for a spare whose link will be named after `id`.
     pub fn reserve_spare(&mut self, id: String) -> Option<MacAddr> {
-        let mac = self
-            .free_macs()
-            .into_iter()
-            .find(|mac| !self.spares.contains_key(mac))?;
+        let mac = self.unreserved_free_mac()?;
         self.spares.insert(mac, Spare { id, ready: false });
         Some(mac)
     }
@@ -189,6 +202,7 @@ impl Book {
     pub fn drop_spare(&mut self, mac: MacAddr, id: &str) {
         if self.spares.get(&mac).is_some_and(|spare| spare.id == id) {
             self.spares.remove(&mac);
+            self.note_freed(mac);
         }
     }
 
@@ -259,7 +273,9 @@ impl Book {
 
     /// Forgets the allocation; its MAC is free again.
     pub fn remove(&mut self, id: &str) -> Option<Entry> {
-        self.allocations.remove(id)
+        let removed = self.allocations.remove(id)?;
+        self.note_freed(removed.stored.mac);
+        Some(removed)
     }
 
     pub fn apply_record(&mut self, id: &str, record: Option<LeaseRecord>) -> RecordChange {
@@ -457,6 +473,20 @@ mod tests {
         assert!(matches!(book.begin("c".into(), "x"), Ok(Begun::Cold(s)) if s.mac == preparing));
         assert_eq!(book.begin("d".into(), "x"), Err(BackendError::NoFreeMac));
         assert_eq!(book.reserve_spare("spare-3".into()), None, "no free MAC");
+    }
+
+    #[test]
+    fn the_mac_given_back_longest_ago_is_taken_first() {
+        let mut book = Book::new([mac(1), mac(2), mac(3)].into());
+        let a = begin(&mut book, "a", "x");
+        let b = begin(&mut book, "b", "x");
+        assert_eq!((a.mac, b.mac), (mac(1), mac(2)), "never used: in order");
+        book.remove("b");
+        book.remove("a");
+        // mac(3) was never given back, then b's (given back before a's)
+        assert_eq!(begin(&mut book, "c", "x").mac, mac(3));
+        assert_eq!(book.reserve_spare("s".into()), Some(mac(2)));
+        assert_eq!(begin(&mut book, "d", "x").mac, mac(1));
     }
 
     #[test]
