@@ -44,6 +44,12 @@ struct Cli {
     /// Standalone: macvlans kept ready on free MACs so a POST skips link creation (0: none)
     #[arg(long)]
     spare_links: Option<usize>,
+    /// Standalone: DHCP transmissions per second toward the server, all addresses together
+    #[arg(long)]
+    dhcp_rate: Option<u32>,
+    /// Standalone: transmissions that may go out at once before --dhcp-rate applies
+    #[arg(long)]
+    dhcp_burst: Option<u32>,
     /// Log as JSON lines
     #[arg(long)]
     log_json: bool,
@@ -76,6 +82,8 @@ impl Cli {
         );
         put("max-body-bytes", self.max_body_bytes.map(|n| n.to_string()));
         put("spare-links", self.spare_links.map(|n| n.to_string()));
+        put("dhcp-rate", self.dhcp_rate.map(|n| n.to_string()));
+        put("dhcp-burst", self.dhcp_burst.map(|n| n.to_string()));
         overrides
     }
 }

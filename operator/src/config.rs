@@ -38,6 +38,11 @@ pub struct Config {
     pub bind: IpAddr,
     /// Standalone: macvlans kept ready on free MACs so a POST skips link creation.
     pub spare_links: usize,
+    /// Standalone: new DHCP transmissions per second toward the server, all addresses together
+    /// (the agent's `--rate`).
+    pub dhcp_rate: u32,
+    /// Standalone: transmissions that may go out at once before `dhcp-rate` applies.
+    pub dhcp_burst: u32,
 }
 
 impl Default for Config {
@@ -60,6 +65,8 @@ impl Default for Config {
             max_body_bytes: 64 * 1024,
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             spare_links: 4,
+            dhcp_rate: 500,
+            dhcp_burst: 100,
         }
     }
 }
@@ -91,6 +98,8 @@ const KEYS: &[(&str, Kind)] = &[
     ("max-body-bytes", Kind::Integer),
     ("bind", Kind::Text),
     ("spare-links", Kind::Integer),
+    ("dhcp-rate", Kind::Integer),
+    ("dhcp-burst", Kind::Integer),
 ];
 
 /// Where the file comes from: the default path may be missing, an explicit one may not.
@@ -165,6 +174,12 @@ impl Config {
         }
         if self.max_body_bytes == 0 {
             return invalid("max-body-bytes", "must be greater than zero");
+        }
+        if self.dhcp_rate == 0 {
+            return invalid("dhcp-rate", "must be greater than zero");
+        }
+        if self.dhcp_burst == 0 {
+            return invalid("dhcp-burst", "must be greater than zero");
         }
         if self.auth_token.as_deref() == Some("") {
             return invalid(
@@ -398,6 +413,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("spare-links"), "{error}");
+    }
+
+    #[test]
+    fn dhcp_rate_and_burst_default_to_the_agents_and_refuse_zero() {
+        let config = load("", &[], &[]).unwrap();
+        assert_eq!((config.dhcp_rate, config.dhcp_burst), (500, 100));
+        let config = load("dhcp-rate = 2000\n", &[("DHCP_DHCP_BURST", "400")], &[]).unwrap();
+        assert_eq!((config.dhcp_rate, config.dhcp_burst), (2000, 400));
+        for (bad, key) in [
+            ("dhcp-rate = 0\n", "dhcp-rate"),
+            ("dhcp-burst = 0\n", "dhcp-burst"),
+        ] {
+            let error = load(bad, &[], &[]).unwrap_err().to_string();
+            assert!(error.contains(key), "{error}");
+        }
     }
 
     #[test]

@@ -100,7 +100,11 @@ impl StandaloneOptions {
             request: RequestSettings::default(),
             spare_links: config.spare_links,
             time_scale: 1.0,
-            manager: ManagerConfig::default(),
+            manager: ManagerConfig {
+                rate_per_second: f64::from(config.dhcp_rate),
+                burst: config.dhcp_burst,
+                ..ManagerConfig::default()
+            },
         }
     }
 }
