@@ -42,7 +42,7 @@ pub type PersistFn = Arc<dyn Fn(&str, Option<&LeaseRecord>) + Send + Sync>;
 pub struct ManagerConfig {
     /// Link group of our macvlans (bulk delete, adoption).
     pub link_group: u32,
-    /// Link group of links that are down and waiting to be deleted in bulk (see [`reaper`]);
+    /// Link group of retired links (silenced, waiting to be deleted in bulk, see [`reaper`]);
     /// must differ from `link_group` and from 0.
     pub retired_link_group: u32,
     /// New transmissions per second toward the DHCP server, all addresses together.
