@@ -52,8 +52,10 @@ etcd = []
 request-timeout = "10s"
 state-dir = "$WORK/state"
 TOML
-node "$BIN/dhcpmanager-apiserver" --standalone --config "$WORK/dhcpmanager.toml" --bind 127.0.0.1 --port 8000 \
-  >"$WORK/apiserver.log" 2>&1 &
+# Not through node(): $! would be the subshell running the function, and killing it would leave
+# the apiserver running (with its spare links on lab0) into step 3.
+ip netns exec "$LAB-ag" "$BIN/dhcpmanager-apiserver" --standalone --config "$WORK/dhcpmanager.toml" \
+  --bind 127.0.0.1 --port 8000 >"$WORK/apiserver.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do node curl -sf http://127.0.0.1:8000/healthz >/dev/null 2>&1 && break; sleep 0.1; done
 show "curl -X POST -d '{\"service\":\"default/web\"}' http://127.0.0.1:8000/v1/ip"
@@ -92,7 +94,11 @@ kind: DhcpAddress
 metadata: {name: web, namespace: shop}
 spec: {service: shop/web}
 YAML
-kubectl wait -n shop --for=jsonpath='{.status.phase}'=Bound dhcpaddress/web --timeout=60s >/dev/null
+kubectl wait -n shop --for=jsonpath='{.status.phase}'=Bound dhcpaddress/web --timeout=60s >/dev/null || {
+  echo "not Bound; the agent's log ends with:" >&2
+  tail -30 "$WORK/agent.log" >&2
+  exit 1
+}
 show "kubectl get dhcpaddresses -A ; kubectl get macpools"
 kubectl get dhcpaddresses -A
 kubectl get macpools
