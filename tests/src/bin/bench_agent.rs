@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use dhcpmanager_crds::{DhcpAddress, DhcpAddressSpec, Phase};
+use dhcpmanager_tests::bench::cli;
 use dhcpmanager_tests::bench::error::BenchError;
 use dhcpmanager_tests::bench::figures::{self, Latency};
 use dhcpmanager_tests::bench::raw_dora;
@@ -54,9 +55,7 @@ fn parse_args() -> Result<Args> {
         many: 100,
         out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/agent.json"),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or(BenchError::Usage)?;
+    for (flag, value) in cli::flag_values()? {
         match flag.as_str() {
             "--samples" => args.samples = value.parse().map_err(|_| BenchError::Usage)?,
             "--many" => args.many = value.parse().map_err(|_| BenchError::Usage)?,
@@ -586,24 +585,9 @@ fn table(r: &Report) -> String {
 }
 
 fn main() {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
+    let args = cli::args_or_exit(parse_args());
     match run(&args) {
-        Ok(report) => {
-            print!("{}", table(&report));
-            match figures::write_json(&args.out, &report) {
-                Ok(()) => println!("\nJSON: {}", args.out.display()),
-                Err(e) => {
-                    eprintln!("writing {}: {e}", args.out.display());
-                    std::process::exit(1);
-                }
-            }
-        }
+        Ok(report) => cli::publish(&table(&report), &args.out, &report),
         Err(e) => {
             eprintln!("bench_agent: {e}");
             std::process::exit(1);

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dhcpmanager_tests::bench::cli;
 use dhcpmanager_tests::bench::error::BenchError;
 use dhcpmanager_tests::bench::figures::{self, Latency};
 use dhcpmanager_tests::bench::raw_dora::{self, RawSamples};
@@ -87,9 +88,7 @@ fn parse_args() -> Result<Args> {
         backends: BackendKind::ALL.to_vec(),
         out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/api.json"),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or(BenchError::Usage)?;
+    for (flag, value) in cli::flag_values()? {
         match flag.as_str() {
             "--samples" => args.samples = value.parse().map_err(|_| BenchError::Usage)?,
             "--out" => args.out = value.into(),
@@ -578,13 +577,7 @@ fn table(report: &Report) -> String {
 }
 
 fn main() {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
+    let args = cli::args_or_exit(parse_args());
     let mut report = Report {
         date_utc: figures::date_utc(),
         machine: figures::machine(),
@@ -609,14 +602,7 @@ fn main() {
             }
         }
     }
-    print!("{}", table(&report));
-    match figures::write_json(&args.out, &report) {
-        Ok(()) => println!("\nJSON: {}", args.out.display()),
-        Err(e) => {
-            eprintln!("writing {}: {e}", args.out.display());
-            std::process::exit(1);
-        }
-    }
+    cli::publish(&table(&report), &args.out, &report);
     if failed {
         std::process::exit(1);
     }

@@ -23,6 +23,7 @@ use dhcpmanager_operator::dhcp::{ClientConfig, MacAddr};
 use dhcpmanager_operator::manager::{
     AddressSpec, CounterSnapshot, LeaseManager, ManagerConfig, PersistFn, wait_bound,
 };
+use dhcpmanager_tests::bench::cli;
 use dhcpmanager_tests::bench::error::BenchError;
 use dhcpmanager_tests::bench::figures::{self, Latency};
 use dhcpmanager_tests::bench::raw_dora;
@@ -73,9 +74,7 @@ fn parse_args() -> Result<Args> {
         out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/engine.json"),
         big: 500,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or(BenchError::Usage)?;
+    for (flag, value) in cli::flag_values()? {
         match flag.as_str() {
             "--samples" => args.samples = value.parse().map_err(|_| BenchError::Usage)?,
             "--hold-secs" => {
@@ -807,28 +806,9 @@ fn run(args: &Args) -> Result<Report> {
 }
 
 fn main() {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
+    let args = cli::args_or_exit(parse_args());
     match run(&args) {
-        Ok(report) => {
-            print!("{}", table(&report));
-            if let Some(dir) = args.out.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            let json = serde_json::to_string_pretty(&report).expect("report serializes");
-            match std::fs::write(&args.out, json + "\n") {
-                Ok(()) => println!("\nJSON: {}", args.out.display()),
-                Err(e) => {
-                    eprintln!("writing {}: {e}", args.out.display());
-                    std::process::exit(1);
-                }
-            }
-        }
+        Ok(report) => cli::publish(&table(&report), &args.out, &report),
         Err(e) => {
             eprintln!("bench_engine: {e}");
             std::process::exit(1);
