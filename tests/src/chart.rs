@@ -1,7 +1,6 @@
 //! Rendering pieces of the Helm chart with the real `helm`, so tests run with exactly what the
 //! chart grants (its RBAC above all).
 
-use std::path::Path;
 use std::process::Command;
 
 use crate::controlplane::tools_bin_dir;
@@ -15,7 +14,7 @@ pub const APISERVER_SERVICE_ACCOUNT: &str = "dhcpmanager-apiserver";
 
 /// `helm template` of one template file of the chart, for `namespace`, with `--set` values.
 pub fn render_template_with(template: &str, namespace: &str, set: &[&str]) -> String {
-    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/dhcpmanager");
+    let chart = crate::repo_root().join("charts/dhcpmanager");
     let mut helm = Command::new(tools_bin_dir().join("helm"));
     helm.arg("template").arg(RELEASE).arg(&chart).args([
         "--namespace",

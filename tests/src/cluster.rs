@@ -3,8 +3,9 @@
 //! links and DHCP sockets it manages through `--link-netns` while it talks to the API server on
 //! loopback. Dropping it kills the agents (by PID), stops the control plane and takes the lab down.
 
+use crate::repo_root;
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -62,10 +63,6 @@ impl Default for AgentOpts {
             extra: Vec::new(),
         }
     }
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn free_port() -> u16 {

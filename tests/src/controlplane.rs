@@ -11,6 +11,7 @@
 //! watchdog stops it once the test binary is gone, because statics are never
 //! dropped and a killed test runs no destructors.
 
+use crate::repo_root;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -65,13 +66,6 @@ pub fn tools_bin_dir() -> PathBuf {
             Path::new(&home).join(".cache/dhcpmanager/tools")
         });
     root.join("bin")
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests crate lives inside the workspace")
-        .to_path_buf()
 }
 
 fn controlplane_script() -> PathBuf {

@@ -13,3 +13,11 @@ pub mod pcap;
 pub mod probe;
 pub mod process;
 pub mod udhcpc;
+
+/// The workspace root (the tests crate lives directly inside it): charts, scripts, examples.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives inside the workspace")
+        .to_path_buf()
+}

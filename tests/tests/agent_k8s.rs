@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -128,7 +128,7 @@ fn obtained_after(status: &Value, t: chrono::DateTime<chrono::Utc>) -> bool {
 #[test]
 fn crds_are_served_with_columns_and_validation() {
     let cluster = Cluster::start();
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let examples = dhcpmanager_tests::repo_root().join("examples");
     cluster.kubectl_ok(&["create", "namespace", "shop"]);
     cluster.kubectl_ok(&[
         "apply",

@@ -4,6 +4,7 @@
 //! ServiceAccounts' own tokens, every dashboard expression parsed by `promtool`, and the
 //! rendered TOML read by the agent's own configuration loader.
 
+use dhcpmanager_tests::repo_root;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -38,13 +39,6 @@ spec:
             type: object
             x-kubernetes-preserve-unknown-fields: true
 "#;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests crate lives inside the workspace")
-        .to_path_buf()
-}
 
 fn chart_dir() -> PathBuf {
     repo_root().join("charts/dhcpmanager")

@@ -13,7 +13,8 @@
 //! Queries are evaluated no later than 50 s after the events they show (see [`Anchor`]), so how
 //! long the test takes between the events and the queries never decides the outcome.
 
-use std::path::{Path, PathBuf};
+use dhcpmanager_tests::repo_root;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,10 +36,6 @@ const ADDRESSES: usize = 4;
 const AGENT_MACS: usize = ADDRESSES - 1;
 const APISERVER_PORT: u16 = 8000;
 const APISERVER_PROMETHEUS_PORT: u16 = 9090;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn unix_now() -> f64 {
     SystemTime::now()

@@ -53,7 +53,7 @@ fn parse_args() -> Result<Args> {
     let mut args = Args {
         samples: 30,
         many: 100,
-        out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/agent.json"),
+        out: dhcpmanager_tests::repo_root().join("target/bench/agent.json"),
     };
     for (flag, value) in cli::flag_values()? {
         match flag.as_str() {

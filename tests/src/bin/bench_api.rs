@@ -86,7 +86,7 @@ fn parse_args() -> Result<Args> {
     let mut args = Args {
         samples: 30,
         backends: BackendKind::ALL.to_vec(),
-        out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/api.json"),
+        out: dhcpmanager_tests::repo_root().join("target/bench/api.json"),
     };
     for (flag, value) in cli::flag_values()? {
         match flag.as_str() {

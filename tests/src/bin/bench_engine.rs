@@ -71,7 +71,7 @@ fn parse_args() -> Result<Args> {
         samples: 200,
         servers: vec![Server::Kea],
         hold: Duration::from_secs(6),
-        out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/engine.json"),
+        out: dhcpmanager_tests::repo_root().join("target/bench/engine.json"),
         big: 500,
     };
     for (flag, value) in cli::flag_values()? {
