@@ -655,6 +655,19 @@ fn can_i(kubeconfig: &Path, namespace: &str, verb: &str, resource: &str) -> bool
     }
 }
 
+/// Asserts that `kubeconfig` may (or, with `allowed` false, may not) do each (namespace, verb,
+/// resource); the message names `who`.
+fn assert_access(kubeconfig: &Path, who: &str, allowed: bool, rules: &[(&String, &str, &str)]) {
+    let must = if allowed { "must" } else { "must not" };
+    for (ns, verb, resource) in rules {
+        assert_eq!(
+            can_i(kubeconfig, ns, verb, resource),
+            allowed,
+            "{who} {must} {verb} {resource} in {ns}"
+        );
+    }
+}
+
 #[test]
 fn service_accounts_can_do_their_job_and_nothing_more() {
     let cp = ControlPlane::shared();
@@ -684,12 +697,7 @@ fn service_accounts_can_do_their_job_and_nothing_more() {
         (&namespace, "update", "leases.coordination.k8s.io"),
         (&namespace, "watch", "leases.coordination.k8s.io"),
     ];
-    for (ns, verb, resource) in agent_may {
-        assert!(
-            can_i(&agent, ns, verb, resource),
-            "agent must {verb} {resource} in {ns}"
-        );
-    }
+    assert_access(&agent, "agent", true, &agent_may);
     let agent_must_not = [
         (&elsewhere, "delete", "dhcpaddresses.dhcpmanager.io"),
         (&elsewhere, "create", "dhcpaddresses.dhcpmanager.io"),
@@ -701,12 +709,7 @@ fn service_accounts_can_do_their_job_and_nothing_more() {
         (&namespace, "delete", "leases.coordination.k8s.io"),
         (&namespace, "create", "pods"),
     ];
-    for (ns, verb, resource) in agent_must_not {
-        assert!(
-            !can_i(&agent, ns, verb, resource),
-            "agent must not {verb} {resource} in {ns}"
-        );
-    }
+    assert_access(&agent, "agent", false, &agent_must_not);
 
     let api_may = [
         (&elsewhere, "create", "dhcpaddresses.dhcpmanager.io"),
@@ -715,12 +718,7 @@ fn service_accounts_can_do_their_job_and_nothing_more() {
         (&namespace, "patch", "macpools.dhcpmanager.io"),
         (&namespace, "create", "macpools.dhcpmanager.io"),
     ];
-    for (ns, verb, resource) in api_may {
-        assert!(
-            can_i(&api, ns, verb, resource),
-            "apiserver must {verb} {resource} in {ns}"
-        );
-    }
+    assert_access(&api, "apiserver", true, &api_may);
     let api_must_not = [
         (&elsewhere, "patch", "dhcpaddresses.dhcpmanager.io/status"),
         (&elsewhere, "update", "dhcpaddresses.dhcpmanager.io"),
@@ -729,12 +727,7 @@ fn service_accounts_can_do_their_job_and_nothing_more() {
         (&namespace, "create", "leases.coordination.k8s.io"),
         (&namespace, "create", "events.events.k8s.io"),
     ];
-    for (ns, verb, resource) in api_must_not {
-        assert!(
-            !can_i(&api, ns, verb, resource),
-            "apiserver must not {verb} {resource} in {ns}"
-        );
-    }
+    assert_access(&api, "apiserver", false, &api_must_not);
 
     // kube-state-metrics, bound by the chart: reads DhcpAddresses and MacPools, nothing else.
     let ksm = cp.service_account_kubeconfig(&namespace, "ksm").unwrap();
