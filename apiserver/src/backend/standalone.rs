@@ -363,40 +363,36 @@ impl Core {
         deadline: Instant,
         mut answer: oneshot::Sender<Result<Allocation, BackendError>>,
     ) {
-        let begun = loop {
+        let (stored, spare_link) = loop {
             // Registered before the book is asked, so a spare made ready in between is not missed.
             let spare_changed = self.spares.changed.notified();
             tokio::pin!(spare_changed);
             spare_changed.as_mut().enable();
             let new_id = uuid::Uuid::new_v4().to_string();
-            let begun = {
+            let (begun, spare_link) = {
                 let mut book = self.shared.book();
-                match book.begin(new_id, &service) {
-                    Ok(Begun::OnSpare(stored)) => {
-                        let link = self.spares.take(stored.mac);
-                        Some(Ok((stored, link)))
-                    }
-                    Ok(Begun::Cold(stored)) => Some(Ok((stored, None))),
-                    Ok(Begun::WaitForSpare) => None,
-                    Err(error) => Some(Err(error)),
-                }
+                let begun = book.begin(new_id, &service);
+                let link = match &begun {
+                    Ok(Begun::OnSpare(stored)) => self.spares.take(stored.mac),
+                    _ => None,
+                };
+                (begun, link)
             };
             match begun {
-                Some(Ok(begun)) => break begun,
-                Some(Err(error)) => {
-                    let _ = answer.send(Err(error));
-                    return;
-                }
-                None => {
+                Ok(Begun::OnSpare(stored) | Begun::Cold(stored)) => break (stored, spare_link),
+                Ok(Begun::WaitForSpare) => {
                     let waited = tokio::time::timeout_at(deadline.into(), spare_changed).await;
                     if waited.is_err() {
                         let _ = answer.send(Err(BackendError::Timeout { id: String::new() }));
                         return;
                     }
                 }
+                Err(error) => {
+                    let _ = answer.send(Err(error));
+                    return;
+                }
             }
         };
-        let (stored, spare_link) = begun;
         let id = stored.id.clone();
         self.shared.notify();
         // No record reaches the disk before the lease is confirmed: until the ACK there is no
@@ -547,16 +543,9 @@ impl Core {
             let mut book = self.shared.book();
             let (changed, unchanged) = change(&mut book);
             let pool: BTreeSet<MacAddr> = book.pool().clone();
-            let ended_spares: Vec<_> = book
-                .drop_spares_outside_pool()
-                .into_iter()
-                .filter_map(|mac| self.spares.take(mac))
-                .collect();
-            (
-                changed.then(|| self.shared.writer.save_pool(pool)),
-                unchanged,
-                ended_spares,
-            )
+            let ended_spares = self.end_spares_outside_pool(&mut book);
+            let saved = changed.then(|| self.shared.writer.save_pool(pool));
+            (saved, unchanged, ended_spares)
         };
         self.discard_spares(ended_spares).await;
         self.fill_spares();

@@ -97,31 +97,36 @@ impl Core {
                 .prepare(&id, &self.options.parent, WireMac(mac.0)),
             written(self.shared.writer.reserve(&id))
         );
-        let prepared = match (prepared, reserved) {
+        let link = match (prepared, reserved) {
+            (Ok(link), Ok(())) => Ok(link),
             (Ok(link), Err(problem)) => {
                 self.discard_spare_link(link).await;
                 Err(problem)
             }
-            (Ok(link), Ok(())) => Ok(link),
-            (Err(error), _) => Err(error.to_string()),
-        };
-        let unwanted = match prepared {
-            Ok(link) => {
-                let mut book = self.shared.book();
-                if book.spare_ready(mac, &id) {
-                    self.spares.ready().insert(mac, link);
-                    None
-                } else {
-                    Some(link)
-                }
+            (Err(error), _) => {
+                drop(self.shared.writer.remove(&id));
+                Err(error.to_string())
             }
+        };
+        let link = match link {
+            Ok(link) => link,
             Err(error) => {
                 // Not retried here: the next POST or pool change tries again, so a parent that
                 // is gone costs one attempt per event, not a loop.
                 warn!(%mac, %error, "cannot prepare a spare link; POSTs create their links meanwhile");
                 self.shared.book().drop_spare(mac, &id);
-                drop(self.shared.writer.remove(&id));
+                self.spares.changed.notify_waiters();
+                self.spares.preparing.send_modify(|n| *n -= 1);
+                return;
+            }
+        };
+        let unwanted = {
+            let mut book = self.shared.book();
+            if book.spare_ready(mac, &id) {
+                self.spares.ready().insert(mac, link);
                 None
+            } else {
+                Some(link)
             }
         };
         self.spares.changed.notify_waiters();
@@ -132,24 +137,33 @@ impl Core {
         self.spares.preparing.send_modify(|n| *n -= 1);
     }
 
+    /// The links of the spares whose `macs` the book just ended. Call it with the book still
+    /// locked, so no POST can take one of them meanwhile.
+    fn take_ended(&self, macs: Vec<MacAddr>) -> Vec<PreparedLink> {
+        macs.into_iter()
+            .filter_map(|mac| self.spares.take(mac))
+            .collect()
+    }
+
     /// Ends every spare and deletes its link, including those still being prepared; no new
     /// ones are made afterwards.
     pub(super) async fn close_spares(&self) {
         self.spares.closed.store(true, Ordering::SeqCst);
-        let links: Vec<PreparedLink> = {
+        let links = {
             let mut book = self.shared.book();
-            let macs = book.drop_all_spares();
-            macs.into_iter()
-                .filter_map(|mac| self.spares.take(mac))
-                .collect()
+            self.take_ended(book.drop_all_spares())
         };
         self.discard_spares(links).await;
         let mut preparing = self.spares.preparing.subscribe();
         let _ = preparing.wait_for(|n| *n == 0).await;
     }
 
-    /// Deletes the links of spares the book ended (their MACs left the pool, or shutdown); take
-    /// them with [`SpareLinks::take`] while the book that ended them is still locked.
+    /// Ends the spares whose MAC left the pool (call it with the book locked, right after the
+    /// change) and returns their links for [`Core::discard_spares`].
+    pub(super) fn end_spares_outside_pool(&self, book: &mut super::Book) -> Vec<PreparedLink> {
+        self.take_ended(book.drop_spares_outside_pool())
+    }
+
     pub(super) async fn discard_spares(&self, links: Vec<PreparedLink>) {
         for link in links {
             self.discard_spare_link(link).await;
