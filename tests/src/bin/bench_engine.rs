@@ -320,9 +320,10 @@ fn rx_dropped(parent: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// NETLINK_ROUTE sockets of this thread's namespace as `rmem/drops` pairs: a reply the kernel
-/// could not queue (receive buffer full) shows as a drop, and its request then waits forever.
-fn route_netlink_sockets() -> String {
+/// Each NETLINK_ROUTE socket of this thread's namespace as (pid, rmem, drops). A reply the
+/// kernel could not queue (receive buffer full) shows as a drop, and its request then waits
+/// forever.
+fn route_netlink_rows() -> Vec<(String, String, u64)> {
     let table = std::fs::read_to_string("/proc/thread-self/net/netlink").unwrap_or_default();
     table
         .lines()
@@ -330,24 +331,28 @@ fn route_netlink_sockets() -> String {
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
             // sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode
-            (f.len() >= 10 && f[1] == "0")
-                .then(|| format!("pid {} rmem {} drops {}", f[2], f[4], f[8]))
+            (f.len() >= 10 && f[1] == "0").then(|| {
+                (
+                    f[2].to_string(),
+                    f[4].to_string(),
+                    f[8].parse().unwrap_or(0),
+                )
+            })
         })
+        .collect()
+}
+
+fn route_netlink_sockets() -> String {
+    route_netlink_rows()
+        .iter()
+        .map(|(pid, rmem, drops)| format!("pid {pid} rmem {rmem} drops {drops}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
 /// Sum of the drop counters of the NETLINK_ROUTE sockets in this thread's namespace.
 fn route_netlink_drops() -> u64 {
-    let table = std::fs::read_to_string("/proc/thread-self/net/netlink").unwrap_or_default();
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            (f.len() >= 10 && f[1] == "0").then(|| f[8].parse::<u64>().unwrap_or(0))
-        })
-        .sum()
+    route_netlink_rows().iter().map(|(_, _, drops)| drops).sum()
 }
 
 fn spec(key: String, parent: &str, mac: [u8; 6]) -> AddressSpec {
