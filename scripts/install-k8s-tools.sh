@@ -36,7 +36,11 @@ done
 export PATH=/usr/local/go/bin:$PATH
 # The installed toolchain is new enough for every pinned module; never fetch another.
 export GOTOOLCHAIN=local
-export GOFLAGS="-buildvcs=false -p=${DHCPMANAGER_TOOLS_JOBS:-2}"
+export GOFLAGS="-buildvcs=false -modcacherw -p=${DHCPMANAGER_TOOLS_JOBS:-2}"
+# These builds fill Go's build and module caches with ~7 GB that serve nothing once the binaries
+# exist, on machines where disk runs short: they get caches of their own, removed when done.
+SCRATCH=$TOOLS/go-scratch
+export GOCACHE=$SCRATCH/cache GOMODCACHE=$SCRATCH/mod GOPATH=$SCRATCH/path
 mkdir -p "$BIN" "$SRC"
 
 log() { printf '[install-k8s-tools] %s\n' "$*" >&2; }
@@ -147,5 +151,9 @@ if [[ $ALL == 1 ]]; then
   else
     timed "promtool $PROMETHEUS_VERSION" build_promtool
   fi
+fi
+if [[ -d $SCRATCH ]]; then
+  rm -rf "$SCRATCH"
+  log "removed the builds' Go caches ($SCRATCH)"
 fi
 log "done in $(($(date +%s) - total_start))s; tools in $BIN"

@@ -29,7 +29,11 @@ section "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 section "cargo test"
-cargo build --workspace --bins --locked
+# No incremental state: a whole-suite run is built once, and its dep-graph files cost gigabytes.
+export CARGO_INCREMENTAL=0
+# The tests run the workspace's binaries; `cargo test` builds them with the same features as the
+# tests (a separate `cargo build --bins` would build every dependency a second time).
+cargo test --workspace --locked --no-run
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test-output.txt
 # cargo test exits non-zero on any failure (pipefail above). A test marked #[ignore] would be a
 # skipped test counted as passing: there must be none.

@@ -1,5 +1,5 @@
-//! The workspace's binaries, as built by `cargo build --workspace --bins` (scripts/test.sh does
-//! that before the tests). A missing binary is a loud failure, never a skip.
+//! The workspace's binaries, as `cargo test --workspace` (scripts/test.sh) or
+//! `cargo build --workspace --bins` left them. A missing binary is a loud failure, never a skip.
 
 use std::path::PathBuf;
 
@@ -18,7 +18,7 @@ fn binary(name: &str) -> PathBuf {
     let path = target_dir().join(profile).join(name);
     assert!(
         path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        "{} is missing: run `cargo build --workspace --bins` first (or the whole suite, scripts/test.sh)",
         path.display()
     );
     path
