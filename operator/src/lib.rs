@@ -8,6 +8,7 @@ pub mod dhcp;
 pub mod error;
 #[cfg(test)]
 mod fixtures;
+pub mod kube_client;
 pub mod manager;
 pub mod net;
 pub mod state_file;

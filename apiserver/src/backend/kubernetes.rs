@@ -58,7 +58,7 @@ impl Drop for KubernetesBackend {
 impl KubernetesBackend {
     /// In-cluster configuration or KUBECONFIG (kube's usual order). Errors when neither exists.
     pub async fn connect(options: KubernetesOptions) -> Result<Arc<Self>, kube::Error> {
-        let client = Client::try_default().await?;
+        let client = dhcpmanager_operator::kube_client::connect().await?;
         Ok(Self::with_client(client, options))
     }
 
@@ -235,6 +235,7 @@ async fn create_and_wait(
         .await
         .map_err(|error| Failure::NotCreated(create_error(error)))?;
     let name = created.name_any();
+    tracing::debug!(name, "created; waiting for an agent to bind it");
     // A watch (list + watch from that version): no bind is missed between create and watch.
     let settled = await_condition(api.clone(), &name, |address: Option<&DhcpAddress>| {
         address.is_none_or(|a| objects::held_ip(a).is_some() || objects::phase(a) == Phase::Failed)

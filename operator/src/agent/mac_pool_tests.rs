@@ -5,7 +5,7 @@ use dhcpmanager_crds::MacPool;
 use kube::Api;
 
 use super::fixtures::*;
-use super::mac_pool::{allocate, release};
+use super::mac_pool::{allocate, choose, release};
 use crate::dhcp::MacAddr;
 use crate::error::Error;
 
@@ -25,7 +25,7 @@ async fn allocation_that_loses_a_race_rereads_and_wins_at_the_new_version() {
     let server = verifier.run(Scenario::AllocationRace { first, raced });
 
     let pools: Api<MacPool> = Api::all(client);
-    let result = bounded(allocate(&pools, POOL, KEY, ME)).await;
+    let result = bounded(allocate(&pools, POOL, KEY, ME, |_| false)).await;
     drop(pools);
     verified(server).await;
     let mac = result.expect("allocated on the second attempt");
@@ -39,7 +39,7 @@ async fn allocation_from_a_full_pool_is_pool_exhausted() {
     let server = verifier.run(Scenario::PoolExhausted(full));
 
     let pools: Api<MacPool> = Api::all(client);
-    let result = bounded(allocate(&pools, POOL, KEY, ME)).await;
+    let result = bounded(allocate(&pools, POOL, KEY, ME, |_| false)).await;
     drop(pools);
     verified(server).await;
     match result {
@@ -58,4 +58,14 @@ async fn release_into_a_pool_that_is_gone_is_done() {
     drop(pools);
     verified(server).await;
     result.expect("nothing to give back");
+}
+
+#[test]
+fn a_mac_held_by_a_retired_link_is_passed_over_while_another_is_free() {
+    let (first, second): (MacAddr, MacAddr) = (FIRST.parse().unwrap(), SECOND.parse().unwrap());
+    assert_eq!(choose([first, second], |mac| mac == first), Some(second));
+    assert_eq!(choose([first, second], |_| false), Some(first));
+    // All busy: waiting for a deletion beats failing the allocation.
+    assert_eq!(choose([first, second], |_| true), Some(first));
+    assert_eq!(choose([], |_| false), None);
 }

@@ -338,7 +338,8 @@ fn old_expired(record: &crate::dhcp::LeaseRecord) -> bool {
 }
 
 pub async fn run(args: AgentArgs, config: crate::config::Config) -> Result<(), Error> {
-    let client = kube::Client::try_default()
+    info!(node = %args.node_name, "agent starting");
+    let client = crate::kube_client::connect()
         .await
         .map_err(|source| Error::Kube {
             action: "connecting to the Kubernetes API".into(),

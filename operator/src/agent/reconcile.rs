@@ -199,7 +199,8 @@ async fn resolve_mac(
         Some(mac) => mac,
         None => {
             let _pool = ctx.pool_lock(&pool_name).await;
-            super::mac_pool::allocate(&pools, &pool_name, key, ctx.ownership.node()).await?
+            let busy = |mac| ctx.manager.mac_in_retired_link(mac);
+            super::mac_pool::allocate(&pools, &pool_name, key, ctx.ownership.node(), busy).await?
         }
     };
     Ok((mac, pool))

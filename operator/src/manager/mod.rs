@@ -218,6 +218,11 @@ impl LeaseManager {
         }
     }
 
+    /// Whether a retired link, not deleted yet, holds `mac`: a new link with it would wait.
+    pub fn mac_in_retired_link(&self, mac: crate::dhcp::MacAddr) -> bool {
+        self.inner.reaper.holds(mac.octets())
+    }
+
     /// Completes once every link retired before the call (by a release, a stop that removes
     /// its link, a discard) has been deleted: for clean shutdowns and for tests. An error says
     /// the last group delete failed and retired links may be left for the next orphan sweep.

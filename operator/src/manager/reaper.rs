@@ -165,6 +165,11 @@ impl Reaper {
         self.settled_through(ticket)
     }
 
+    /// Whether a retired link, not deleted yet, holds `mac`.
+    pub fn holds(&self, mac: [u8; 6]) -> bool {
+        self.backlog.borrow().holding(mac).is_some()
+    }
+
     /// Completes once no retired link holds `mac` (at once when none does).
     pub fn released(
         &self,

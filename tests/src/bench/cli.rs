@@ -37,3 +37,16 @@ pub fn publish(table: &str, out: &Path, report: &impl Serialize) {
         }
     }
 }
+
+/// Copies a log that goes with the lab directory next to `out` as `name`, for the why of any slow
+/// figure. A failure to copy is reported, not fatal: the figures stand without it.
+pub fn keep_log(log: &Path, out: &Path, name: &str) {
+    let kept = out.with_file_name(name);
+    if let Some(dir) = kept.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::copy(log, &kept) {
+        Ok(_) => eprintln!("kept {} as {}", log.display(), kept.display()),
+        Err(e) => eprintln!("keeping {}: {e}", log.display()),
+    }
+}

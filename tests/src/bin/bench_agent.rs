@@ -491,14 +491,7 @@ fn run(args: &Args) -> Result<Report> {
             raw_mac,
         ))
     })??;
-    // Kept for the why of any slow figure (the lab directory goes with the cluster).
-    let kept_log = args.out.with_file_name("agent-bench-agent.log");
-    if let Some(dir) = kept_log.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    if let Err(e) = std::fs::copy(&cluster.agent(0).log, &kept_log) {
-        eprintln!("keeping the agent log: {e}");
-    }
+    cli::keep_log(&cluster.agent(0).log, &args.out, "agent-bench-agent.log");
     drop(cluster);
     Ok(Report {
         date_utc: figures::date_utc(),
