@@ -607,9 +607,15 @@ fn table(report: &Report) -> String {
             run.first_post_ms
         );
         if let Some(one) = run.levels.first() {
+            // The target is the standalone backend's; the Kubernetes one adds the API server.
+            let target = if run.backend == BackendKind::Kubernetes.name() {
+                String::new()
+            } else {
+                format!(" (target: <= {TARGET_P50_VS_RAW}x)")
+            };
             let _ = writeln!(
                 s,
-                "POST p50 at 1 client / raw exchange p50 = {:.2}x (target: <= {TARGET_P50_VS_RAW}x)",
+                "POST p50 at 1 client / raw exchange p50 = {:.2}x{target}",
                 one.post.p50_ms / run.raw_exchange.p50_ms
             );
         }
