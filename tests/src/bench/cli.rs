@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::error::BenchError;
 use super::figures::write_json;
+use crate::lab::Server;
 
 /// The command line as `(flag, value)` pairs; a flag without a value is a usage error.
 pub fn flag_values() -> Result<Vec<(String, String)>, BenchError> {
@@ -16,6 +17,18 @@ pub fn flag_values() -> Result<Vec<(String, String)>, BenchError> {
         pairs.push((flag, value));
     }
     Ok(pairs)
+}
+
+/// A `--servers` value: the lab's servers by name, comma-separated (`kea,dnsmasq,dhcpd`).
+pub fn servers(list: &str) -> Result<Vec<Server>, BenchError> {
+    list.split(',')
+        .map(|name| {
+            Server::ALL
+                .into_iter()
+                .find(|s| s.name() == name)
+                .ok_or(BenchError::Usage)
+        })
+        .collect()
 }
 
 /// The parsed arguments, or the usage message and exit status 2.

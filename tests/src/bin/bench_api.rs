@@ -3,7 +3,8 @@
 //! `POST /v1/ip` (as the MetalLB fork sends it) latency and throughput at 1, 10 and 100 concurrent
 //! clients, each POST followed, once its round is answered, by the DELETE of its IP (timed
 //! separately), beside the raw DHCP exchange floor (`bench::raw_dora`) measured in the same run
-//! against the same server (the lab's Kea):
+//! against the same server (the lab's Kea; `--servers kea,dnsmasq,dhcpd` for the standalone
+//! backends behind each of them):
 //! - standalone backend: `dhcpmanager-apiserver --standalone` in the lab's agent namespace, the
 //!   clients in that namespace too (as on a node); with its default spare links, and again with
 //!   `spare-links = 0` (every POST creates its macvlan: what a burst beyond the spares gets);
@@ -79,6 +80,8 @@ struct Args {
     /// POSTs per concurrency level at least (rounds of `c` are repeated until reached, min 2).
     samples: usize,
     backends: Vec<BackendKind>,
+    /// The DHCP servers behind the standalone backends (the Kubernetes run uses Kea).
+    servers: Vec<Server>,
     out: PathBuf,
 }
 
@@ -86,12 +89,14 @@ fn parse_args() -> Result<Args> {
     let mut args = Args {
         samples: 30,
         backends: BackendKind::ALL.to_vec(),
+        servers: vec![Server::Kea],
         out: dhcpmanager_tests::repo_root().join("target/bench/api.json"),
     };
     for (flag, value) in cli::flag_values()? {
         match flag.as_str() {
             "--samples" => args.samples = value.parse().map_err(|_| BenchError::Usage)?,
             "--out" => args.out = value.into(),
+            "--servers" => args.servers = cli::servers(&value)?,
             "--backends" => {
                 args.backends = value
                     .split(',')
@@ -160,6 +165,7 @@ struct Level {
 #[derive(Debug, Serialize)]
 struct BackendRun {
     backend: &'static str,
+    server: &'static str,
     setup: String,
     /// The first POST after the apiserver answered /healthz, outside the levels: with the
     /// Kubernetes backend it carries the kube-apiserver's delay of the first create of a
@@ -174,7 +180,6 @@ struct BackendRun {
 struct Report {
     date_utc: String,
     machine: String,
-    server: &'static str,
     lease_secs: u32,
     target_post_p50_vs_raw_max: f64,
     runs: Vec<BackendRun>,
@@ -403,7 +408,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-fn kea() -> ServerOpts {
+fn server_opts() -> ServerOpts {
     ServerOpts {
         lease: LEASE_SECS,
         ..ServerOpts::default()
@@ -428,13 +433,13 @@ fn raw_floor(lab: &Lab, samples: usize) -> Result<RawSamples> {
 /// The default of the apiserver's `spare-links`.
 const DEFAULT_SPARE_LINKS: usize = 4;
 
-fn standalone(samples: usize, kind: BackendKind) -> Result<BackendRun> {
+fn standalone(samples: usize, kind: BackendKind, dhcp: Server) -> Result<BackendRun> {
     let spare_links = match kind {
         BackendKind::StandaloneNoSpares => 0,
         _ => DEFAULT_SPARE_LINKS,
     };
     let lab = Lab::up()?;
-    lab.start(Server::Kea, kea())?;
+    lab.start(dhcp, server_opts())?;
     let quoted: Vec<String> = macs("02:ab:00:00")
         .iter()
         .map(|m| format!("\"{m}\""))
@@ -476,6 +481,7 @@ fn standalone(samples: usize, kind: BackendKind) -> Result<BackendRun> {
     lab.down()?;
     Ok(BackendRun {
         backend: kind.name(),
+        server: dhcp.name(),
         setup: format!(
             "dhcpmanager-apiserver --standalone in the lab's agent namespace, {MACS} MACs, spare-links {spare_links}, request-timeout {SERVER_REQUEST_TIMEOUT}; clients in the same namespace"
         ),
@@ -495,7 +501,7 @@ fn free_port() -> Result<u16> {
 
 fn kubernetes(samples: usize, out: &Path) -> Result<BackendRun> {
     let mut cluster = Cluster::start();
-    cluster.lab.start(Server::Kea, kea())?;
+    cluster.lab.start(Server::Kea, server_opts())?;
     let agent_ns = cluster.lab.agent_ns();
     let opts = AgentOpts {
         macs: macs("02:cc:00:00"),
@@ -533,6 +539,7 @@ fn kubernetes(samples: usize, out: &Path) -> Result<BackendRun> {
     drop(cluster);
     Ok(BackendRun {
         backend: BackendKind::Kubernetes.name(),
+        server: Server::Kea.name(),
         setup: format!(
             "dhcpmanager-apiserver (Kubernetes backend, admin kubeconfig) in the root namespace on loopback; one agent --time-scale 1 with {MACS} MACs; private kube-apiserver + etcd"
         ),
@@ -563,11 +570,11 @@ fn table(report: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\ndhcpmanager REST API benchmark — {} — {}\nserver: {} (lease {} s)",
-        report.date_utc, report.machine, report.server, report.lease_secs
+        "\ndhcpmanager REST API benchmark — {} — {}\nleases of {} s",
+        report.date_utc, report.machine, report.lease_secs
     );
     for run in &report.runs {
-        let _ = writeln!(s, "\n[{}] {}", run.backend, run.setup);
+        let _ = writeln!(s, "\n[{}, {}] {}", run.backend, run.server, run.setup);
         let _ = writeln!(
             s,
             "{:<7} {:<7} {:>5} {:>9} {:>9} {:>9} {:>8}  outcomes",
@@ -628,24 +635,29 @@ fn main() {
     let mut report = Report {
         date_utc: figures::date_utc(),
         machine: figures::machine(),
-        server: Server::Kea.name(),
         lease_secs: LEASE_SECS,
         target_post_p50_vs_raw_max: TARGET_P50_VS_RAW,
         runs: Vec::new(),
     };
     let mut failed = false;
     for &backend in &args.backends {
-        let run = match backend {
-            BackendKind::Standalone | BackendKind::StandaloneNoSpares => {
-                standalone(args.samples, backend)
-            }
-            BackendKind::Kubernetes => kubernetes(args.samples, &args.out),
+        let servers = match backend {
+            BackendKind::Kubernetes => vec![Server::Kea],
+            _ => args.servers.clone(),
         };
-        match run {
-            Ok(run) => report.runs.push(run),
-            Err(e) => {
-                eprintln!("bench_api [{}]: {e}", backend.name());
-                failed = true;
+        for server in servers {
+            let run = match backend {
+                BackendKind::Standalone | BackendKind::StandaloneNoSpares => {
+                    standalone(args.samples, backend, server)
+                }
+                BackendKind::Kubernetes => kubernetes(args.samples, &args.out),
+            };
+            match run {
+                Ok(run) => report.runs.push(run),
+                Err(e) => {
+                    eprintln!("bench_api [{}, {}]: {e}", backend.name(), server.name());
+                    failed = true;
+                }
             }
         }
     }

@@ -82,17 +82,7 @@ fn parse_args() -> Result<Args> {
             }
             "--out" => args.out = value.into(),
             "--big" => args.big = value.parse().map_err(|_| BenchError::Usage)?,
-            "--servers" => {
-                args.servers = value
-                    .split(',')
-                    .map(|name| {
-                        Server::ALL
-                            .into_iter()
-                            .find(|s| s.name() == name)
-                            .ok_or(BenchError::Usage)
-                    })
-                    .collect::<Result<_>>()?
-            }
+            "--servers" => args.servers = cli::servers(&value)?,
             _ => return Err(BenchError::Usage),
         }
     }
