@@ -5,12 +5,14 @@ pub mod kubernetes;
 pub mod standalone;
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
 use crate::MacAddr;
+use crate::engine_metrics::EngineMetrics;
 
 pub trait Backend: Send + Sync + 'static {
     /// Obtain a new address for `service` ("namespace/name"), bound before `deadline`.
@@ -38,6 +40,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Fires (without payload) whenever allocations or the MAC pool changed; the etcd mirror listens.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<()>;
+
+    /// The figures of a lease engine running in this process, for /metrics (the Kubernetes
+    /// backend has none: the agents' /metrics show theirs).
+    fn engine_metrics(&self) -> Option<Arc<EngineMetrics>> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

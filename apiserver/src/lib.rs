@@ -5,6 +5,7 @@ pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod double_slash;
+pub mod engine_metrics;
 pub mod error;
 pub mod etcd_mirror;
 pub mod metrics;

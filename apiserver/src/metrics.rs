@@ -13,6 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::engine_metrics::EngineMetrics;
 use crate::server::AppState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -32,6 +33,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     allocation_seconds: Family<OutcomeLabels, Histogram>,
+    engine: Option<std::sync::Arc<EngineMetrics>>,
 }
 
 fn allocation_histogram() -> Histogram {
@@ -41,6 +43,13 @@ fn allocation_histogram() -> Histogram {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::new(None)
+    }
+}
+
+impl Metrics {
+    /// The API's own metrics, and the engine's when the backend runs one.
+    pub fn new(engine: Option<std::sync::Arc<EngineMetrics>>) -> Self {
         let mut registry = Registry::with_prefix("dhcpmanager_apiserver");
         let requests = Family::<RequestLabels, Counter>::default();
         let allocation_seconds = Family::<OutcomeLabels, Histogram>::new_with_constructor(
@@ -62,15 +71,17 @@ impl Default for Metrics {
                 outcome: outcome.to_string(),
             });
         }
+        if let Some(engine) = &engine {
+            engine.register(&mut registry);
+        }
         Metrics {
             registry,
             requests,
             allocation_seconds,
+            engine,
         }
     }
-}
 
-impl Metrics {
     pub fn observe_allocation(&self, outcome: &str, took: Duration) {
         self.allocation_seconds
             .get_or_create(&OutcomeLabels {
@@ -80,6 +91,9 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
+        if let Some(engine) = &self.engine {
+            engine.refresh();
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");

@@ -39,8 +39,8 @@ fn json_error(error: JsonPayloadError, request: &HttpRequest) -> actix_web::Erro
 pub fn bind(config: Config, backend: Arc<dyn Backend>) -> Result<(Server, SocketAddr), Error> {
     let state = web::Data::new(AppState {
         openapi: openapi::document(config.auth_token.is_some()),
+        metrics: Metrics::new(backend.engine_metrics()),
         backend,
-        metrics: Metrics::default(),
         config: Arc::new(config.clone()),
     });
     let json_config = web::JsonConfig::default()

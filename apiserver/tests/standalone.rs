@@ -1,8 +1,9 @@
 //! The standalone backend against real DHCP servers in the lab (tests/lab): allocations bind and
 //! show up in the server's lease database with the original's hostname, releases free them, a
 //! timeout leaves nothing behind, a restart resumes the same addresses without DISCOVER, a crash
-//! mid-POST is cleaned up at the next start, concurrent allocations never share a MAC, and
-//! spare links are taken by POSTs, refilled, send nothing while idle and never outlive a start.
+//! mid-POST is cleaned up at the next start, concurrent allocations never share a MAC,
+//! spare links are taken by POSTs, refilled, send nothing while idle and never outlive a start,
+//! and the engine's renewals, packets and IP changes show on /metrics.
 //!
 //! Each "process lifetime" of the backend is one tokio runtime built on a thread inside the lab's
 //! agent namespace; dropping that runtime ends every task at once, like a crash would.
@@ -19,6 +20,7 @@ mod common;
 
 use dhcpmanager_apiserver::backend::standalone::{StandaloneBackend, StandaloneOptions};
 use dhcpmanager_apiserver::backend::{AllocationState, Backend, BackendError};
+use dhcpmanager_apiserver::metrics::Metrics;
 use dhcpmanager_apiserver::store::{Phase, Store};
 use dhcpmanager_apiserver::{Config, MacAddr, server};
 use dhcpmanager_operator::dhcp::State;
@@ -603,6 +605,12 @@ fn a_nak_that_moves_the_address_is_counted_and_delete_still_finds_it() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             assert_eq!(backend.ip_changes(), 1);
+            let metrics = Metrics::new(backend.engine_metrics()).encode();
+            assert_eq!(
+                metric(&metrics, "dhcpmanager_apiserver_ip_changes_total"),
+                1.0
+            );
+            assert!(metric(&metrics, "dhcpmanager_apiserver_naks_total") >= 1.0);
             let status = backend.status().await.unwrap();
             let moved = &status.allocations[0];
             assert_eq!(moved.id, handed_out.id);
@@ -692,6 +700,94 @@ fn the_forks_requests_over_http_get_and_give_back_a_real_lease() {
         leases.iter().any(|l| l.ip == ip),
         "Kea did lease {ip}: {leases:#?}"
     );
+    assert!(stored_ids(&dir).is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The value of the sample `name` (no labels) in a Prometheus text exposition.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+#[test]
+fn renewals_packets_and_clients_of_the_engine_are_on_metrics() {
+    let lab = Lab::up().expect("lab up");
+    start_server(&lab, Server::Kea);
+    let dir = state_dir("metrics");
+    lifetime(&lab, |rt| {
+        rt.block_on(async {
+            // 10x time: Kea's 60 s lease renews after 3 s.
+            let backend = open(StandaloneOptions {
+                time_scale: 10.0,
+                ..options(&lab, &dir, pool(1))
+            })
+            .await;
+            let config = Config {
+                request_timeout: REQUEST_TIMEOUT,
+                ..common::test_config()
+            };
+            let (http, address) = server::bind(config, backend.clone()).expect("binds");
+            let handle = http.handle();
+            tokio::spawn(http);
+            let scrape = || async { common::get(address, "/metrics").await.body };
+
+            let before = scrape().await;
+            assert_eq!(metric(&before, "dhcpmanager_apiserver_dhcp_clients"), 0.0);
+            assert_eq!(metric(&before, "dhcpmanager_apiserver_renewals_total"), 0.0);
+            let body = "{\"service\":\"default/web\"}\n";
+            let answer = common::json_request(address, "POST", "/v1/ip", body).await;
+            let json = answer.assert_compact_json();
+            assert_eq!(json["status"], "success", "{answer:?}");
+            let ip = json["ip"].as_str().unwrap().to_string();
+
+            let started = Instant::now();
+            let renewed = loop {
+                let text = scrape().await;
+                if metric(&text, "dhcpmanager_apiserver_renewals_total") >= 1.0 {
+                    break text;
+                }
+                assert!(
+                    started.elapsed() < POLL_LIMIT,
+                    "no renewal counted:\n{text}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            // DISCOVER, REQUEST, then the renewal's REQUEST; OFFER, ACK, ACK.
+            assert!(metric(&renewed, "dhcpmanager_apiserver_dhcp_packets_sent_total") >= 3.0);
+            assert!(
+                metric(
+                    &renewed,
+                    "dhcpmanager_apiserver_dhcp_packets_received_total"
+                ) >= 3.0
+            );
+            assert_eq!(metric(&renewed, "dhcpmanager_apiserver_dhcp_clients"), 1.0);
+            for quiet in ["ip_changes", "naks", "lease_expirations"] {
+                let name = format!("dhcpmanager_apiserver_{quiet}_total");
+                assert_eq!(metric(&renewed, &name), 0.0, "{name}");
+            }
+            let status = backend.status().await.unwrap();
+            assert_eq!(status.allocations[0].ip.unwrap().to_string(), ip);
+
+            let body = format!("{{\"ip\":\"{ip}\"}}\n");
+            let answer = common::json_request(address, "DELETE", "/v1/ip", &body).await;
+            assert_eq!(answer.assert_compact_json()["status"], "success");
+            assert_eq!(
+                metric(&scrape().await, "dhcpmanager_apiserver_dhcp_clients"),
+                0.0
+            );
+            handle.stop(true).await;
+            backend
+                .manager()
+                .settle_links()
+                .await
+                .expect("links deleted");
+        })
+    });
     assert!(stored_ids(&dir).is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -42,6 +42,7 @@ use tracing::{error, info, warn};
 use super::{Allocation, AllocationState, Backend, BackendError, StatusSnapshot};
 use crate::MacAddr;
 use crate::config::Config;
+use crate::engine_metrics::EngineMetrics;
 use crate::store::{Phase, SkippedFile, Store, StoreError, StoredAllocation};
 use book::{Begun, Book, RecordChange, to_api};
 use spares::SpareLinks;
@@ -124,6 +125,7 @@ pub enum StandaloneError {
 pub struct StandaloneBackend {
     core: Arc<Core>,
     skipped: Vec<SkippedFile>,
+    engine_metrics: Arc<EngineMetrics>,
 }
 
 /// Everything an allocation task needs; tasks hold it, so it outlives a dropped request.
@@ -179,6 +181,8 @@ impl StandaloneBackend {
             })
         };
         let manager = LeaseManager::new(options.manager.clone(), persist)?;
+        // Before recovery, so that the resumed clients' renewals count too.
+        let engine_metrics = EngineMetrics::spawn(manager.clone());
         let core = Arc::new(Core {
             shared,
             manager,
@@ -205,6 +209,7 @@ impl StandaloneBackend {
         Ok(Arc::new(StandaloneBackend {
             core,
             skipped: loaded.skipped,
+            engine_metrics,
         }))
     }
 
@@ -623,5 +628,9 @@ impl Backend for StandaloneBackend {
 
     fn subscribe(&self) -> broadcast::Receiver<()> {
         self.core.shared.changes.subscribe()
+    }
+
+    fn engine_metrics(&self) -> Option<Arc<EngineMetrics>> {
+        Some(self.engine_metrics.clone())
     }
 }
