@@ -3,10 +3,10 @@
 //! Kubernetes can alert on the same things. An IP change above all: whoever was handed the old
 //! address (MetalLB) still announces it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use dhcpmanager_operator::dhcp::ClientEvent;
-use dhcpmanager_operator::manager::{CounterSnapshot, LeaseManager};
+use dhcpmanager_operator::manager::{LeaseManager, PacketCounters};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -18,12 +18,8 @@ pub struct EngineMetrics {
     naks: Counter,
     expirations: Counter,
     ip_changes: Counter,
-    packets_sent: Counter,
-    packets_received: Counter,
-    replies_rejected: Counter,
+    packets: PacketCounters,
     clients: Gauge,
-    /// The engine's packet counters as of the last scrape: the Counters grow by the difference.
-    seen: Mutex<CounterSnapshot>,
 }
 
 impl EngineMetrics {
@@ -36,11 +32,8 @@ impl EngineMetrics {
             naks: Counter::default(),
             expirations: Counter::default(),
             ip_changes: Counter::default(),
-            packets_sent: Counter::default(),
-            packets_received: Counter::default(),
-            replies_rejected: Counter::default(),
+            packets: PacketCounters::default(),
             clients: Gauge::default(),
-            seen: Mutex::new(CounterSnapshot::default()),
         });
         // Weak: the task must not keep the manager (and its links) alive.
         let counting = Arc::downgrade(&metrics);
@@ -96,17 +89,17 @@ impl EngineMetrics {
             (
                 "dhcp_packets_sent",
                 "DHCP messages sent",
-                &self.packets_sent,
+                &self.packets.sent,
             ),
             (
                 "dhcp_packets_received",
                 "DHCP replies received for our MACs",
-                &self.packets_received,
+                &self.packets.received,
             ),
             (
                 "dhcp_replies_rejected",
                 "Replies discarded (wrong xid, client id, malformed...)",
-                &self.replies_rejected,
+                &self.packets.rejected,
             ),
         ];
         for (name, help, counter) in counters {
@@ -121,15 +114,7 @@ impl EngineMetrics {
 
     /// Brings the figures read from the engine up to date; called before each encode.
     pub fn refresh(&self) {
-        let now = self.manager.counters();
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        self.packets_sent
-            .inc_by(now.packets_sent.saturating_sub(seen.packets_sent));
-        self.packets_received
-            .inc_by(now.packets_received.saturating_sub(seen.packets_received));
-        self.replies_rejected
-            .inc_by(now.replies_rejected.saturating_sub(seen.replies_rejected));
-        *seen = now;
+        self.packets.catch_up(self.manager.counters());
         self.clients
             .set(i64::try_from(self.manager.keys().len()).unwrap_or(i64::MAX));
     }

@@ -1,6 +1,5 @@
 //! The agent's Prometheus metrics and its /metrics, /healthz and /readyz endpoints.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
@@ -13,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::manager::{CounterSnapshot, LeaseManager};
+use crate::manager::{LeaseManager, PacketCounters};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabel {
@@ -41,10 +40,7 @@ pub struct Metrics {
     pub ip_changes: Counter,
     pub failures: Family<ErrorLabel, Counter>,
     pub lease_expiry: Family<AddressLabel, Gauge>,
-    packets_sent: Counter,
-    packets_received: Counter,
-    replies_rejected: Counter,
-    seen: Mutex<CounterSnapshot>,
+    packets: PacketCounters,
     pub ready: AtomicBool,
 }
 
@@ -61,10 +57,7 @@ impl Default for Metrics {
             ip_changes: Counter::default(),
             failures: Family::default(),
             lease_expiry: Family::default(),
-            packets_sent: Counter::default(),
-            packets_received: Counter::default(),
-            replies_rejected: Counter::default(),
-            seen: Mutex::new(CounterSnapshot::default()),
+            packets: PacketCounters::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -107,17 +100,17 @@ impl Default for Metrics {
         registry.register(
             "packets_sent",
             "DHCP messages sent",
-            metrics.packets_sent.clone(),
+            metrics.packets.sent.clone(),
         );
         registry.register(
             "packets_received",
             "DHCP replies received for our MACs",
-            metrics.packets_received.clone(),
+            metrics.packets.received.clone(),
         );
         registry.register(
             "replies_rejected",
             "Replies discarded (wrong xid, client id, malformed...)",
-            metrics.replies_rejected.clone(),
+            metrics.packets.rejected.clone(),
         );
         Metrics {
             registry,
@@ -149,17 +142,7 @@ impl Metrics {
 
     /// The text exposition, with the engine's packet counters brought up to date first.
     pub fn render(&self, manager: &LeaseManager) -> String {
-        let now = manager.counters();
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            self.packets_sent
-                .inc_by(now.packets_sent.saturating_sub(seen.packets_sent));
-            self.packets_received
-                .inc_by(now.packets_received.saturating_sub(seen.packets_received));
-            self.replies_rejected
-                .inc_by(now.replies_rejected.saturating_sub(seen.replies_rejected));
-            *seen = now;
-        }
+        self.packets.catch_up(manager.counters());
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text

@@ -1,6 +1,9 @@
 //! Packet and exchange counters of one manager, read by the metrics endpoint and benchmarks.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::metrics::counter::Counter;
 
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -32,5 +35,29 @@ impl Counters {
             replies_rejected: self.replies_rejected.load(Ordering::Relaxed),
             send_errors: self.send_errors.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// The packet counters as Prometheus counters, for a /metrics endpoint: they grow by what the
+/// manager counted since the previous scrape.
+#[derive(Debug, Default)]
+pub struct PacketCounters {
+    pub sent: Counter,
+    pub received: Counter,
+    pub rejected: Counter,
+    seen: Mutex<CounterSnapshot>,
+}
+
+impl PacketCounters {
+    /// Catches up with `now`, the manager's [`CounterSnapshot`] at this scrape.
+    pub fn catch_up(&self, now: CounterSnapshot) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        self.sent
+            .inc_by(now.packets_sent.saturating_sub(seen.packets_sent));
+        self.received
+            .inc_by(now.packets_received.saturating_sub(seen.packets_received));
+        self.rejected
+            .inc_by(now.replies_rejected.saturating_sub(seen.replies_rejected));
+        *seen = now;
     }
 }

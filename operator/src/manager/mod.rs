@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-pub use counters::{CounterSnapshot, Counters};
+pub use counters::{CounterSnapshot, Counters, PacketCounters};
 pub use rate_limit::{RateLimiter, TokenBucket};
 pub use spec::{AddressSpec, AddressStatus, KeyedEvent};
 
