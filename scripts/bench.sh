@@ -2,7 +2,7 @@
 # The benchmarks (figures, no assertions), as root:
 #   scripts/bench.sh [engine] [--samples N] [--servers kea,dnsmasq,dhcpd] [--hold-secs S] [--big N] [--out FILE]
 #   scripts/bench.sh agent [--samples N] [--many N] [--out FILE]
-#   scripts/bench.sh api [--samples N] [--backends standalone,standalone-no-spares,kubernetes] [--servers kea,dnsmasq,dhcpd] [--out FILE]
+#   scripts/bench.sh api [--samples N] [--backends standalone,standalone-no-spares,kubernetes] [--servers kea,dnsmasq,dhcpd] [--renewal-addresses N] [--renewal-hold-secs S] [--out FILE]
 #   scripts/bench.sh all        # the three above with their defaults, one after the other
 # Installs what it lacks (scripts/install-deps.sh; for agent/api also the Kubernetes binaries),
 # builds in release mode and runs in labs of their own (network namespaces they create and remove;

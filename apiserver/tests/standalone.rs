@@ -27,6 +27,7 @@ use dhcpmanager_operator::dhcp::State;
 use dhcpmanager_tests::bootp::MessageType;
 use dhcpmanager_tests::lab::{Lab, SERVER_ADDR_2, Server, ServerOpts, active_lease};
 use dhcpmanager_tests::netns::in_netns;
+use dhcpmanager_tests::prometheus;
 
 /// Safety net for an exchange with a server that answers at once (not a timing assertion).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -706,12 +707,7 @@ fn the_forks_requests_over_http_get_and_give_back_a_real_lease() {
 
 /// The value of the sample `name` (no labels) in a Prometheus text exposition.
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
-        .trim()
-        .parse()
-        .expect("a number")
+    prometheus::sample(text, name).unwrap_or_else(|| panic!("no {name} in:\n{text}"))
 }
 
 #[test]

@@ -12,6 +12,7 @@ pub mod netns;
 pub mod pcap;
 pub mod probe;
 pub mod process;
+pub mod prometheus;
 pub mod udhcpc;
 
 /// The workspace root (the tests crate lives directly inside it): charts, scripts, examples.

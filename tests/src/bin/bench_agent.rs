@@ -25,6 +25,7 @@ use dhcpmanager_tests::bench::raw_dora;
 use dhcpmanager_tests::cluster::{AgentOpts, Cluster};
 use dhcpmanager_tests::lab::{Server, ServerOpts};
 use dhcpmanager_tests::netns::in_netns;
+use dhcpmanager_tests::prometheus;
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::watcher;
@@ -214,15 +215,7 @@ struct AgentCounters {
 impl AgentCounters {
     fn scrape(addr: std::net::SocketAddr) -> AgentCounters {
         let text = metrics_text(addr).unwrap_or_default();
-        let sum_of = |name: &str| -> f64 {
-            text.lines()
-                .filter(|l| {
-                    l.strip_prefix(name)
-                        .is_some_and(|rest| rest.starts_with([' ', '{']))
-                })
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
-        };
+        let sum_of = |name: &str| prometheus::sum_of(&text, name);
         AgentCounters {
             bound: sum_of("dhcpmanager_time_to_bound_seconds_count"),
             mean_engine_time_to_bound_ms: f64::NAN,

@@ -11,6 +11,9 @@
 //! - Kubernetes backend: the apiserver in the root namespace on loopback with a kubeconfig for a
 //!   private real kube-apiserver, one agent as in `bench_agent` (`--time-scale 1`).
 //!
+//! - renewal load (with the standalone backend): 100 addresses on 10 s Kea leases held 30 s; the
+//!   renewals the apiserver's /metrics counts, and its CPU time and RSS over the hold.
+//!
 //! A round is `c` clients each sending one POST at once (one TCP connection per request, as a
 //! client without keep-alive would); throughput is answered POSTs over the rounds' wall time.
 //! Every request is counted: answered with success, answered otherwise, or lost (no answer).
@@ -30,6 +33,7 @@ use dhcpmanager_tests::binaries;
 use dhcpmanager_tests::cluster::{AgentOpts, Cluster};
 use dhcpmanager_tests::lab::{Lab, Server, ServerOpts};
 use dhcpmanager_tests::netns::in_netns;
+use dhcpmanager_tests::prometheus;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -82,6 +86,9 @@ struct Args {
     backends: Vec<BackendKind>,
     /// The DHCP servers behind the standalone backends (the Kubernetes run uses Kea).
     servers: Vec<Server>,
+    /// The renewal load (with the standalone backend): addresses held, and for how long.
+    renewal_addresses: usize,
+    renewal_hold: Duration,
     out: PathBuf,
 }
 
@@ -90,6 +97,8 @@ fn parse_args() -> Result<Args> {
         samples: 30,
         backends: BackendKind::ALL.to_vec(),
         servers: vec![Server::Kea],
+        renewal_addresses: 100,
+        renewal_hold: Duration::from_secs(30),
         out: dhcpmanager_tests::repo_root().join("target/bench/api.json"),
     };
     for (flag, value) in cli::flag_values()? {
@@ -97,6 +106,13 @@ fn parse_args() -> Result<Args> {
             "--samples" => args.samples = value.parse().map_err(|_| BenchError::Usage)?,
             "--out" => args.out = value.into(),
             "--servers" => args.servers = cli::servers(&value)?,
+            "--renewal-addresses" => {
+                args.renewal_addresses = value.parse().map_err(|_| BenchError::Usage)?
+            }
+            "--renewal-hold-secs" => {
+                args.renewal_hold =
+                    Duration::from_secs(value.parse().map_err(|_| BenchError::Usage)?)
+            }
             "--backends" => {
                 args.backends = value
                     .split(',')
@@ -183,6 +199,7 @@ struct Report {
     lease_secs: u32,
     target_post_p50_vs_raw_max: f64,
     runs: Vec<BackendRun>,
+    renewals: Option<RenewalRun>,
 }
 
 // --- HTTP as the fork sends it -----------------------------------------------------------------
@@ -433,13 +450,8 @@ fn raw_floor(lab: &Lab, samples: usize) -> Result<RawSamples> {
 /// The default of the apiserver's `spare-links`.
 const DEFAULT_SPARE_LINKS: usize = 4;
 
-fn standalone(samples: usize, kind: BackendKind, dhcp: Server) -> Result<BackendRun> {
-    let spare_links = match kind {
-        BackendKind::StandaloneNoSpares => 0,
-        _ => DEFAULT_SPARE_LINKS,
-    };
-    let lab = Lab::up()?;
-    lab.start(dhcp, server_opts())?;
+/// `dhcpmanager-apiserver --standalone` in the lab's agent namespace on [`STANDALONE_PORT`].
+fn standalone_apiserver(lab: &Lab, spare_links: usize) -> Result<ApiServer> {
     let quoted: Vec<String> = macs("02:ab:00:00")
         .iter()
         .map(|m| format!("\"{m}\""))
@@ -466,7 +478,17 @@ fn standalone(samples: usize, kind: BackendKind, dhcp: Server) -> Result<Backend
             "--port",
             &STANDALONE_PORT.to_string(),
         ]);
-    let server = ApiServer::spawn(command, lab.dir().join("bench-apiserver.log"))?;
+    ApiServer::spawn(command, lab.dir().join("bench-apiserver.log"))
+}
+
+fn standalone(samples: usize, kind: BackendKind, dhcp: Server) -> Result<BackendRun> {
+    let spare_links = match kind {
+        BackendKind::StandaloneNoSpares => 0,
+        _ => DEFAULT_SPARE_LINKS,
+    };
+    let lab = Lab::up()?;
+    lab.start(dhcp, server_opts())?;
+    let server = standalone_apiserver(&lab, spare_links)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], STANDALONE_PORT));
     let raw = raw_floor(&lab, samples)?;
     let log = server.log.clone();
@@ -550,6 +572,176 @@ fn kubernetes(samples: usize, out: &Path) -> Result<BackendRun> {
     })
 }
 
+// --- renewal load ------------------------------------------------------------------------------
+
+/// Kea's lease in the renewal load: the engine renews at T1 = half of it (Kea sends no T1).
+const RENEWAL_LEASE_SECS: u32 = 10;
+
+/// Addresses held by the standalone backend on short leases: what renewing them costs.
+#[derive(Debug, Serialize)]
+struct RenewalRun {
+    server: &'static str,
+    addresses: usize,
+    lease_secs: u32,
+    hold_secs: f64,
+    /// Counted by the apiserver's own `renewals_total` over the hold.
+    renewals: f64,
+    /// addresses × hold / T1.
+    renewals_expected: f64,
+    naks: f64,
+    expirations: f64,
+    ip_changes: f64,
+    packets_sent: f64,
+    packets_received: f64,
+    /// CPU time of the apiserver process over the hold (user + system).
+    cpu_ms: f64,
+    cpu_ms_per_renewal: f64,
+    /// Share of one core over the hold.
+    cpu_percent: f64,
+    rss_kib: u64,
+    /// Addresses that still had the IP their POST answered at the end of the hold.
+    kept: usize,
+}
+
+/// GET `path` on a fresh connection: the body of a 200 answer.
+async fn get_text(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.ok()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.ok()?;
+    let text = String::from_utf8_lossy(&answer);
+    let (status, body) = text.split_once("\r\n\r\n")?;
+    status.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// User + system CPU time of process `pid` so far, in ms.
+fn cpu_ms(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at the state, field 3.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf reads a constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / per_second * 1e3)
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn renewal_load(addresses: usize, hold: Duration) -> Result<RenewalRun> {
+    let lab = Lab::up()?;
+    lab.start(
+        Server::Kea,
+        ServerOpts {
+            lease: RENEWAL_LEASE_SECS,
+            ..ServerOpts::default()
+        },
+    )?;
+    let server = standalone_apiserver(&lab, DEFAULT_SPARE_LINKS)?;
+    let pid = server.child.id();
+    let addr = SocketAddr::from(([127, 0, 0, 1], STANDALONE_PORT));
+    let log = server.log.clone();
+    eprintln!("[renewals] {addresses} addresses on {RENEWAL_LEASE_SECS} s leases, held {hold:?}");
+    let run = in_netns(&lab.agent_ns(), || {
+        runtime().block_on(async {
+            wait_healthy(addr, &log).await?;
+            let mut held = Vec::new();
+            for round in 0..addresses.div_ceil(10) {
+                let posts = (0..10.min(addresses - round * 10)).map(|i| {
+                    timed(
+                        addr,
+                        "POST",
+                        format!(r#"{{"service":"bench/renew-{round}-{i}"}}"#),
+                    )
+                });
+                held.extend(
+                    futures::future::join_all(posts)
+                        .await
+                        .into_iter()
+                        .filter_map(|o| o.ip),
+                );
+            }
+            if held.len() != addresses {
+                return Err(BenchError::Protocol(format!(
+                    "only {} of {addresses} POSTs succeeded",
+                    held.len()
+                )));
+            }
+            let scrape = || async { get_text(addr, "/metrics").await.unwrap_or_default() };
+            let (before, cpu_before, t0) = (scrape().await, cpu_ms(pid), Instant::now());
+            tokio::time::sleep(hold).await;
+            let (after, cpu_after, took) = (scrape().await, cpu_ms(pid), t0.elapsed());
+            let rss = rss_kib(pid).unwrap_or(0);
+            let status = get_text(addr, "/v1/status").await.unwrap_or_default();
+            let kept = held
+                .iter()
+                .filter(|ip| status.contains(&format!("\"{ip}\"")))
+                .count();
+            for ip in &held {
+                timed(addr, "DELETE", format!(r#"{{"ip":"{ip}"}}"#)).await;
+            }
+            let grew = |name: &str| {
+                let name = format!("dhcpmanager_apiserver_{name}");
+                prometheus::sum_of(&after, &name) - prometheus::sum_of(&before, &name)
+            };
+            let renewals = grew("renewals_total");
+            let cpu = cpu_after.zip(cpu_before).map_or(f64::NAN, |(a, b)| a - b);
+            let hold_secs = took.as_secs_f64();
+            Ok::<_, BenchError>(RenewalRun {
+                server: Server::Kea.name(),
+                addresses,
+                lease_secs: RENEWAL_LEASE_SECS,
+                hold_secs,
+                renewals,
+                renewals_expected: addresses as f64 * hold_secs / (RENEWAL_LEASE_SECS as f64 / 2.0),
+                naks: grew("naks_total"),
+                expirations: grew("lease_expirations_total"),
+                ip_changes: grew("ip_changes_total"),
+                packets_sent: grew("dhcp_packets_sent_total"),
+                packets_received: grew("dhcp_packets_received_total"),
+                cpu_ms: cpu,
+                cpu_ms_per_renewal: cpu / renewals,
+                cpu_percent: cpu / (hold_secs * 1e3) * 100.0,
+                rss_kib: rss,
+                kept,
+            })
+        })
+    })??;
+    drop(server);
+    lab.down()?;
+    Ok(run)
+}
+
+fn renewal_text(r: &RenewalRun) -> String {
+    format!(
+        "\n[renewals, {}] {} addresses on {} s leases (T1 {} s) held {:.1} s by the standalone apiserver\n\
+         renewals {} (expected ~{:.0}), NAKs {}, expiries {}, IP changes {}; packets sent {} received {}\n\
+         apiserver CPU {:.0} ms = {:.1}% of a core = {:.3} ms per renewal; RSS {} KiB; {}/{} kept their IP\n",
+        r.server,
+        r.addresses,
+        r.lease_secs,
+        r.lease_secs / 2,
+        r.hold_secs,
+        r.renewals,
+        r.renewals_expected,
+        r.naks,
+        r.expirations,
+        r.ip_changes,
+        r.packets_sent,
+        r.packets_received,
+        r.cpu_ms,
+        r.cpu_percent,
+        r.cpu_ms_per_renewal,
+        r.rss_kib,
+        r.kept,
+        r.addresses
+    )
+}
+
 // --- output ------------------------------------------------------------------------------------
 
 fn outcome_text(o: &Outcomes) -> String {
@@ -627,6 +819,9 @@ fn table(report: &Report) -> String {
             );
         }
     }
+    if let Some(renewals) = &report.renewals {
+        s.push_str(&renewal_text(renewals));
+    }
     s
 }
 
@@ -638,6 +833,7 @@ fn main() {
         lease_secs: LEASE_SECS,
         target_post_p50_vs_raw_max: TARGET_P50_VS_RAW,
         runs: Vec::new(),
+        renewals: None,
     };
     let mut failed = false;
     for &backend in &args.backends {
@@ -658,6 +854,15 @@ fn main() {
                     eprintln!("bench_api [{}, {}]: {e}", backend.name(), server.name());
                     failed = true;
                 }
+            }
+        }
+    }
+    if args.backends.contains(&BackendKind::Standalone) && args.renewal_addresses > 0 {
+        match renewal_load(args.renewal_addresses, args.renewal_hold) {
+            Ok(run) => report.renewals = Some(run),
+            Err(e) => {
+                eprintln!("bench_api [renewals]: {e}");
+                failed = true;
             }
         }
     }
