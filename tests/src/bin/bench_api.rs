@@ -9,8 +9,7 @@
 //!   clients in that namespace too (as on a node); with its default spare links, and again with
 //!   `spare-links = 0` (every POST creates its macvlan: what a burst beyond the spares gets);
 //! - Kubernetes backend: the apiserver in the root namespace on loopback with a kubeconfig for a
-//!   private real kube-apiserver, one agent as in `bench_agent` (`--time-scale 1`).
-//!
+//!   private real kube-apiserver, one agent as in `bench_agent` (`--time-scale 1`);
 //! - renewal load (with the standalone backend): 100 addresses on 10 s Kea leases held 30 s; the
 //!   renewals the apiserver's /metrics counts, and its CPU time and RSS over the hold.
 //!
