@@ -24,14 +24,16 @@ pub struct EngineMetrics {
 
 impl EngineMetrics {
     /// Counts `manager`'s events from now on, on a task that ends with the manager.
-    pub fn spawn(manager: LeaseManager) -> Arc<EngineMetrics> {
+    /// `ip_changes` is the backend's own count (kept where it knows which addresses were
+    /// handed out), registered here as it is.
+    pub fn spawn(manager: LeaseManager, ip_changes: Counter) -> Arc<EngineMetrics> {
         let mut events = manager.subscribe();
         let metrics = Arc::new(EngineMetrics {
             manager,
             renewals: Counter::default(),
             naks: Counter::default(),
             expirations: Counter::default(),
-            ip_changes: Counter::default(),
+            ip_changes,
             packets: PacketCounters::default(),
             clients: Gauge::default(),
         });
@@ -61,7 +63,6 @@ impl EngineMetrics {
             ClientEvent::Bound { renewal: true, .. } => &self.renewals,
             ClientEvent::Nak { .. } => &self.naks,
             ClientEvent::Expired { .. } => &self.expirations,
-            ClientEvent::IpChanged { .. } => &self.ip_changes,
             _ => return,
         };
         counter.inc();

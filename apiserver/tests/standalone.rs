@@ -308,11 +308,7 @@ fn without_a_server_the_request_times_out_and_leaves_nothing() {
             assert!(backend.manager().keys().is_empty());
             assert!(!stored_ids(&dir).contains(&id));
             // The stopped address's link was retired; its deletion comes in a batch.
-            backend
-                .manager()
-                .settle_links()
-                .await
-                .expect("retired links deleted");
+            settle(&backend).await;
             assert!(our_links(&lab).is_empty(), "{:?}", our_links(&lab));
 
             // The MAC really is free again: the next request takes it. While it waits, the pool
@@ -347,11 +343,7 @@ fn without_a_server_the_request_times_out_and_leaves_nothing() {
             };
             assert!(backend.manager().keys().is_empty());
             assert_eq!(backend_status.available_macs, pool(1));
-            backend
-                .manager()
-                .settle_links()
-                .await
-                .expect("retired links deleted");
+            settle(&backend).await;
             assert!(our_links(&lab).is_empty(), "{:?}", our_links(&lab));
         })
     });
@@ -483,11 +475,7 @@ fn an_allocation_left_pending_by_a_crash_is_released_at_open() {
             assert_eq!(status.available_macs, macs);
             assert!(backend.manager().keys().is_empty());
             // The release's link was retired; the runtime's end must not leave it behind.
-            backend
-                .manager()
-                .settle_links()
-                .await
-                .expect("retired links deleted");
+            settle(&backend).await;
         })
     });
     assert!(stored_ids(&dir).is_empty());
@@ -621,11 +609,7 @@ fn a_nak_that_moves_the_address_is_counted_and_delete_still_finds_it() {
             let released = backend.release(old_ip).await.unwrap();
             assert_eq!(released.id, handed_out.id);
             assert!(backend.status().await.unwrap().allocations.is_empty());
-            backend
-                .manager()
-                .settle_links()
-                .await
-                .expect("retired links deleted");
+            settle(&backend).await;
             new_ip
         })
     });
@@ -705,6 +689,15 @@ fn the_forks_requests_over_http_get_and_give_back_a_real_lease() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Waits until the links the backend retired are deleted (a runtime's end must leave none).
+async fn settle(backend: &StandaloneBackend) {
+    backend
+        .manager()
+        .settle_links()
+        .await
+        .expect("retired links deleted");
+}
+
 /// The value of the sample `name` (no labels) in a Prometheus text exposition.
 fn metric(text: &str, name: &str) -> f64 {
     prometheus::sample(text, name).unwrap_or_else(|| panic!("no {name} in:\n{text}"))
@@ -777,11 +770,7 @@ fn renewals_packets_and_clients_of_the_engine_are_on_metrics() {
                 0.0
             );
             handle.stop(true).await;
-            backend
-                .manager()
-                .settle_links()
-                .await
-                .expect("links deleted");
+            settle(&backend).await;
         })
     });
     assert!(stored_ids(&dir).is_empty());
@@ -878,11 +867,7 @@ fn spare_links_are_taken_refilled_silent_while_idle_and_never_outlive_a_start() 
             assert_eq!(our_links(&lab), vec![taken.clone()]);
             assert!(backend.spare_interfaces().is_empty());
             backend.release(allocation.ip.unwrap()).await.unwrap();
-            backend
-                .manager()
-                .settle_links()
-                .await
-                .expect("retired links deleted");
+            settle(&backend).await;
             assert!(our_links(&lab).is_empty(), "{:?}", our_links(&lab));
         })
     });

@@ -553,16 +553,17 @@ fn a_retired_link_is_silent_in_the_retired_group_and_holds_its_mac_until_deleted
     });
 }
 
+/// A lease manager that persists nothing.
+fn manager(config: ManagerConfig) -> Result<LeaseManager, Error> {
+    LeaseManager::new(config, Arc::new(|_: &str, _: Option<&LeaseRecord>| {}))
+}
+
 #[test]
 fn the_manager_reuses_the_mac_of_a_link_it_just_retired() {
     let pair = NetnsPair::new();
     let ns = pair.a.clone();
     in_netns(&pair.a, move || async move {
-        let manager = LeaseManager::new(
-            ManagerConfig::default(),
-            Arc::new(|_: &str, _: Option<&LeaseRecord>| {}),
-        )
-        .unwrap();
+        let manager = manager(ManagerConfig::default()).unwrap();
         let mac = MacAddr(mac_of(400));
         for round in 0..5 {
             let old = manager.prepare("test/old", "va", mac).await.unwrap();
@@ -669,11 +670,7 @@ fn the_manager_retires_discarded_links_and_settles_by_deleting_them() {
     let pair = NetnsPair::new();
     let ns = pair.a.clone();
     in_netns(&pair.a, move || async move {
-        let manager = LeaseManager::new(
-            ManagerConfig::default(),
-            Arc::new(|_: &str, _: Option<&LeaseRecord>| {}),
-        )
-        .unwrap();
+        let manager = manager(ManagerConfig::default()).unwrap();
         let mut names = Vec::new();
         for i in 0..5u16 {
             let link = manager
@@ -736,7 +733,7 @@ fn a_manager_refuses_a_retired_group_that_is_its_link_group() {
             retired_link_group: DEFAULT_LINK_GROUP,
             ..ManagerConfig::default()
         };
-        let outcome = LeaseManager::new(config, Arc::new(|_: &str, _: Option<&LeaseRecord>| {}));
+        let outcome = manager(config);
         assert!(matches!(
             outcome.err(),
             Some(Error::Link(LinkError::RetiredGroup { .. }))

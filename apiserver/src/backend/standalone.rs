@@ -25,7 +25,6 @@ mod writer;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -35,6 +34,7 @@ use dhcpmanager_operator::manager::{
     AddressSpec, LeaseManager, ManagerConfig, PersistFn, wait_bound,
 };
 use futures::future::BoxFuture;
+use prometheus_client::metrics::counter::Counter;
 use tokio::runtime::Handle;
 use tokio::sync::{broadcast, oneshot};
 use tracing::{error, info, warn};
@@ -143,7 +143,8 @@ struct Shared {
     book: Mutex<Book>,
     writer: StoreWriter,
     changes: broadcast::Sender<()>,
-    ip_changes: AtomicU64,
+    /// Also `ip_changes_total` on /metrics (the engine metrics register this very counter).
+    ip_changes: Counter,
 }
 
 impl StandaloneBackend {
@@ -172,7 +173,7 @@ impl StandaloneBackend {
             book: Mutex::new(Book::new(pool)),
             writer,
             changes: broadcast::channel(256).0,
-            ip_changes: AtomicU64::new(0),
+            ip_changes: Counter::default(),
         });
         let persist: PersistFn = {
             let shared = shared.clone();
@@ -182,7 +183,7 @@ impl StandaloneBackend {
         };
         let manager = LeaseManager::new(options.manager.clone(), persist)?;
         // Before recovery, so that the resumed clients' renewals count too.
-        let engine_metrics = EngineMetrics::spawn(manager.clone());
+        let engine_metrics = EngineMetrics::spawn(manager.clone(), shared.ip_changes.clone());
         let core = Arc::new(Core {
             shared,
             manager,
@@ -220,7 +221,7 @@ impl StandaloneBackend {
 
     /// How often a lease moved to another IP than the one handed out.
     pub fn ip_changes(&self) -> u64 {
-        self.core.shared.ip_changes.load(Ordering::Relaxed)
+        self.core.shared.ip_changes.get()
     }
 
     pub fn manager(&self) -> &LeaseManager {
@@ -273,7 +274,7 @@ impl Shared {
                 RecordChange::Updated(stored) if stored.phase == Phase::Pending => {}
                 RecordChange::Updated(stored) => self.writer.save_in_background(stored),
                 RecordChange::IpChanged { stored, old, new } => {
-                    let count = self.ip_changes.fetch_add(1, Ordering::Relaxed) + 1;
+                    let count = self.ip_changes.inc() + 1;
                     error!(
                         id, service = %stored.service, %old, %new, ip_changes = count,
                         "the DHCP server moved a handed-out address: whoever was given the old IP (MetalLB) still announces it"

@@ -350,18 +350,22 @@ async fn levels(addr: SocketAddr, samples: usize, tag: &str) -> Vec<Level> {
     out
 }
 
+/// GET `path` on a fresh connection: the body of a 200 answer.
+async fn get_text(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.ok()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.ok()?;
+    let text = String::from_utf8_lossy(&answer);
+    let (status, body) = text.split_once("\r\n\r\n")?;
+    status.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
 async fn wait_healthy(addr: SocketAddr, log: &Path) -> Result<()> {
     for _ in 0..300 {
-        if let Ok(mut stream) = TcpStream::connect(addr).await {
-            let head =
-                format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-            let mut answer = Vec::new();
-            if stream.write_all(head.as_bytes()).await.is_ok()
-                && stream.read_to_end(&mut answer).await.is_ok()
-                && answer.starts_with(b"HTTP/1.1 200")
-            {
-                return Ok(());
-            }
+        if get_text(addr, "/healthz").await.is_some() {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -600,18 +604,6 @@ struct RenewalRun {
     rss_kib: u64,
     /// Addresses that still had the IP their POST answered at the end of the hold.
     kept: usize,
-}
-
-/// GET `path` on a fresh connection: the body of a 200 answer.
-async fn get_text(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(head.as_bytes()).await.ok()?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.ok()?;
-    let text = String::from_utf8_lossy(&answer);
-    let (status, body) = text.split_once("\r\n\r\n")?;
-    status.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
 /// User + system CPU time of process `pid` so far, in ms.
