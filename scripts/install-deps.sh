@@ -15,6 +15,9 @@ PACKAGES=(
   dnsmasq-base kea-dhcp4-server isc-dhcp-server busybox etcd-server etcd-client
   protobuf-compiler libprotobuf-dev tcpdump iproute2 procps curl jq python3-venv
   prometheus
+  # The kubelet-backed test node and the image build (tests/k8s/node.sh, scripts/build-image.sh).
+  containerd runc containernetworking-plugins iptables conntrack buildah mmdebstrap skopeo
+  gcc libc6-dev
 )
 # Service names the DHCP packages register (systemd units and SysV scripts share them), each with
 # the pid files its SysV script writes: isc-dhcp-server's "status" prints nothing and exits 0 when

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the Kubernetes-side test tools (kube-apiserver, kubectl, etcd 3.5, helm;
-# with --all also promtool) from the Go module proxy into
+# Builds the Kubernetes-side test tools (kube-apiserver, kubectl, the node's kubelet,
+# kube-controller-manager, kube-scheduler and kube-proxy, etcd 3.5, helm; with --all also promtool) from the Go module proxy into
 # ${DHCPMANAGER_TOOLS:-$HOME/.cache/dhcpmanager/tools}/bin, once: a tool whose
 # binary exists with a matching version stamp is skipped.
 #
@@ -16,6 +16,10 @@ K8S_STAGING_VERSION=v0.34.4  # k8s.io/* staging modules matching K8S_VERSION
 ETCD_VERSION=v3.5.35         # go.etcd.io/etcd/server/v3 (kube-apiserver 1.34 wants etcd >= 3.5)
 HELM_VERSION=v3.19.5         # helm.sh/helm/v3
 PROMETHEUS_VERSION=v0.316.0  # github.com/prometheus/prometheus (promtool), --all only
+# The control plane and the node the tests run (tests/k8s/node.sh): one go build, one version.
+K8S_CMDS=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
+  k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-controller-manager
+  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy)
 # kube-state-metrics (k8s.io/kube-state-metrics/v2) is not served by the module
 # proxy reachable here (403 "not available"), so it is not built.
 
@@ -101,18 +105,21 @@ build_kubernetes() {
   local dir=$SRC/kubernetes-$K8S_VERSION major minor ldflags=()
   major=${K8S_VERSION#v}; major=${major%%.*}
   minor=${K8S_VERSION#v*.}; minor=${minor%%.*}
-  write_tools_module "$dir" k8s.io/kubernetes "$K8S_VERSION" "$(staging_replaces)" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
+  write_tools_module "$dir" k8s.io/kubernetes "$K8S_VERSION" "$(staging_replaces)" "${K8S_CMDS[@]}"
   # Version variables are normally injected by hack/lib/version.sh; without them
   # the binaries report v0.0.0-master and version skew checks misbehave.
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=("-X $pkg.gitVersion=$K8S_VERSION" "-X $pkg.gitMajor=$major" "-X $pkg.gitMinor=$minor"
       "-X $pkg.gitTreeState=clean")
   done
-  (cd "$dir" && go build -trimpath -ldflags="-s -w ${ldflags[*]}" -o "$BIN/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl)
-  stamp kube-apiserver "$K8S_VERSION"
-  stamp kubectl "$K8S_VERSION"
+  (cd "$dir" && go build -trimpath -ldflags="-s -w ${ldflags[*]}" -o "$BIN/" "${K8S_CMDS[@]}")
+  local cmd
+  for cmd in "${K8S_CMDS[@]}"; do stamp "${cmd##*/}" "$K8S_VERSION"; done
+}
+
+k8s_current() {
+  local cmd
+  for cmd in "${K8S_CMDS[@]}"; do is_current "${cmd##*/}" "$K8S_VERSION" || return 1; done
 }
 
 build_etcd() {
@@ -138,10 +145,10 @@ build_promtool() {
 }
 
 total_start=$(date +%s)
-if is_current kube-apiserver "$K8S_VERSION" && is_current kubectl "$K8S_VERSION"; then
-  log "kube-apiserver, kubectl $K8S_VERSION: present"
+if k8s_current; then
+  log "${K8S_CMDS[*]##*/} $K8S_VERSION: present"
 else
-  timed "kube-apiserver + kubectl $K8S_VERSION" build_kubernetes
+  timed "${K8S_CMDS[*]##*/} $K8S_VERSION" build_kubernetes
 fi
 if is_current etcd "$ETCD_VERSION"; then log "etcd $ETCD_VERSION: present"; else timed "etcd $ETCD_VERSION" build_etcd; fi
 if is_current helm "$HELM_VERSION"; then log "helm $HELM_VERSION: present"; else timed "helm $HELM_VERSION" build_helm; fi

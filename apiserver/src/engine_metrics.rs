@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use dhcpmanager_operator::dhcp::ClientEvent;
-use dhcpmanager_operator::manager::{LeaseManager, PacketCounters};
+use dhcpmanager_engine::dhcp::ClientEvent;
+use dhcpmanager_engine::manager::{LeaseManager, PacketCounters};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;

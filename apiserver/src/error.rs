@@ -4,7 +4,7 @@
 pub enum Error {
     /// Configuration errors (and other failures of the shared operator crate).
     #[error(transparent)]
-    Operator(#[from] dhcpmanager_operator::error::Error),
+    Engine(#[from] dhcpmanager_engine::Error),
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
     #[error("cannot serve HTTP: {0}")]

@@ -18,5 +18,5 @@ pub mod wire;
 
 pub use backend::{Backend, BackendError};
 pub use config::Config;
-pub use dhcpmanager_operator::dhcp::MacAddr;
+pub use dhcpmanager_engine::dhcp::MacAddr;
 pub use error::Error;

@@ -13,7 +13,7 @@
 //!
 //! The pool file lists every MAC of the pool, free or not: which MACs are free follows from the
 //! allocation files, so there is no moment at which a crash can leave a MAC both free and in use.
-//! It is JSON written through [`dhcpmanager_operator::state_file::write_atomically`] (temp file,
+//! It is JSON written through [`dhcpmanager_engine::state_file::write_atomically`] (temp file,
 //! fsync, rename, fsync of the directory). Unreadable files are reported with their path and
 //! skipped, never fatal.
 
@@ -25,8 +25,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use dhcpmanager_operator::dhcp::LeaseRecord;
-use dhcpmanager_operator::state_file::write_atomically;
+use dhcpmanager_engine::dhcp::LeaseRecord;
+use dhcpmanager_engine::state_file::write_atomically;
 use serde::{Deserialize, Serialize};
 
 use crate::MacAddr;

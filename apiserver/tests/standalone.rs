@@ -23,7 +23,7 @@ use dhcpmanager_apiserver::backend::{AllocationState, Backend, BackendError};
 use dhcpmanager_apiserver::metrics::Metrics;
 use dhcpmanager_apiserver::store::{Phase, Store};
 use dhcpmanager_apiserver::{Config, MacAddr, server};
-use dhcpmanager_operator::dhcp::State;
+use dhcpmanager_engine::dhcp::State;
 use dhcpmanager_tests::bootp::MessageType;
 use dhcpmanager_tests::lab::{Lab, SERVER_ADDR_2, Server, ServerOpts, active_lease};
 use dhcpmanager_tests::netns::in_netns;

@@ -2,6 +2,8 @@
 //! (group `dhcpmanager.io`, version `v1alpha1`), the CRDs generated from them, and the small
 //! pure helpers the operator and the apiserver share.
 
+/// The Kubernetes client every dhcpmanager process uses (kube's layers, TCP_NODELAY).
+pub mod client;
 mod dhcp_address;
 mod dhcp_address_status;
 mod error;
@@ -9,6 +11,7 @@ mod generate;
 mod mac;
 mod mac_pool;
 pub mod patterns;
+mod time;
 
 pub use dhcp_address::{
     ClientIdMode, ClientIdSpec, DhcpAddress, DhcpAddressSpec, DhcpOptionSpec,
@@ -19,6 +22,7 @@ pub use error::Error;
 pub use generate::{CRD_YAML_PATH, REGENERATE_COMMAND, crds, crds_yaml};
 pub use mac::MacAddr;
 pub use mac_pool::{MAX_POOL_SIZE, MacAllocation, MacPool, MacPoolSpec, MacPoolStatus, MacRange};
+pub use time::{from_time, to_time};
 
 /// `group/version` of every resource in this crate.
 pub const API_VERSION: &str = "dhcpmanager.io/v1alpha1";

@@ -1,49 +1,12 @@
-//! The operator crate's error type for everything that touches the outside world. The pure DHCP
-//! core has its own small error for parsing values ([`crate::dhcp::Error`]).
+//! The agent's and the command line's error type: the engine's errors, wrapped, plus what
+//! Kubernetes and the command line add.
 
-use std::time::Duration;
-
-use crate::dhcp::State;
-use crate::net::links::LinkError;
+use dhcpmanager_engine as engine;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Link(#[from] LinkError),
-    #[error("cannot open the DHCP socket on {interface}: {source}")]
-    Socket {
-        interface: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("no address {0:?} is running")]
-    UnknownAddress(String),
-    #[error("address {0:?} is already running")]
-    AlreadyRunning(String),
-    #[error("a link prepared for {prepared} cannot start {wanted}")]
-    PreparedForOther { prepared: String, wanted: String },
-    #[error("the address was stopped before it was bound")]
-    Stopped,
-    #[error("no lease after {}: the client is still {state}{}", humantime::format_duration(*.waited), .last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
-    NoLease {
-        waited: Duration,
-        state: State,
-        last_error: Option<String>,
-    },
-    #[error(transparent)]
-    Value(#[from] crate::dhcp::Error),
-    #[error("{path}: {source}")]
-    StateFile {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: not a lease record: {source}")]
-    StateFormat {
-        path: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    Engine(#[from] engine::Error),
     #[error("{0}")]
     Usage(&'static str),
     #[error("{0}: no recorded lease to release")]
@@ -62,33 +25,38 @@ pub enum Error {
     PoolExhausted(String),
     #[error("{0} kept changing under us; will retry")]
     Contended(String),
+    #[error("{flag}: {problem}")]
+    Flag { flag: &'static str, problem: String },
     #[error("invalid DhcpAddress {address}: {problem}")]
     InvalidAddress { address: String, problem: String },
-    #[error("cannot read configuration file {0}: {1}")]
-    ConfigRead(std::path::PathBuf, #[source] std::io::Error),
-    #[error("invalid configuration in {0}: {1}")]
-    ConfigInvalid(String, String),
 }
 
 impl Error {
     /// A short stable name for metrics labels (`dhcpmanager_reconcile_errors_total{error=...}`).
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Link(_) => "link",
-            Error::Socket { .. } => "socket",
-            Error::UnknownAddress(_) => "unknown_address",
-            Error::AlreadyRunning(_) | Error::PreparedForOther { .. } => "prepared_link",
-            Error::Stopped => "stopped",
-            Error::NoLease { .. } => "no_lease",
-            Error::Value(_) => "value",
-            Error::StateFile { .. } | Error::StateFormat { .. } => "state_file",
-            Error::Usage(_) | Error::NothingToRelease(_) | Error::Signal(_) => "usage",
+            Error::Engine(e) => e.metric_label(),
+            Error::Usage(_)
+            | Error::NothingToRelease(_)
+            | Error::Signal(_)
+            | Error::Flag { .. } => "usage",
             Error::Kube { .. } => "kube",
             Error::BadPool { .. } => "bad_pool",
             Error::PoolExhausted(_) => "pool_exhausted",
             Error::Contended(_) => "contended",
             Error::InvalidAddress { .. } => "invalid_address",
-            Error::ConfigRead(..) | Error::ConfigInvalid(..) => "config",
         }
+    }
+}
+
+impl From<dhcpmanager_engine::net::links::LinkError> for Error {
+    fn from(e: dhcpmanager_engine::net::links::LinkError) -> Self {
+        Error::Engine(e.into())
+    }
+}
+
+impl From<dhcpmanager_engine::dhcp::Error> for Error {
+    fn from(e: dhcpmanager_engine::dhcp::Error) -> Self {
+        Error::Engine(e.into())
     }
 }

@@ -33,7 +33,7 @@ fn all_bound(cluster: &Cluster, namespace: &str, count: usize) -> bool {
 }
 
 fn mac_bytes(mac: &str) -> [u8; 6] {
-    mac.parse::<dhcpmanager_operator::dhcp::MacAddr>()
+    mac.parse::<dhcpmanager_engine::dhcp::MacAddr>()
         .unwrap()
         .octets()
 }

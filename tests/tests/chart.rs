@@ -1037,11 +1037,11 @@ fn kube_state_metrics_config_reads_fields_the_crd_has() {
     check_kube_state_metrics_config(&yaml);
 }
 
-fn load_with_the_agents_loader(toml: &str) -> dhcpmanager_operator::config::Config {
+fn load_with_the_agents_loader(toml: &str) -> dhcpmanager_engine::config::Config {
     let path = std::env::temp_dir().join(format!("{}.toml", unique("dhcpmanager-chart-config")));
     std::fs::write(&path, toml).unwrap();
-    let loaded = dhcpmanager_operator::config::Config::load(
-        dhcpmanager_operator::config::Source::Explicit(&path),
+    let loaded = dhcpmanager_engine::config::Config::load(
+        dhcpmanager_engine::config::Source::Explicit(&path),
         std::iter::empty(),
         &[],
     );

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::process::Output;
 use std::time::Duration;
 
-use dhcpmanager_operator::net::links::{DEFAULT_LINK_GROUP, DEFAULT_RETIRED_LINK_GROUP, link_name};
+use dhcpmanager_engine::net::links::{DEFAULT_LINK_GROUP, DEFAULT_RETIRED_LINK_GROUP, link_name};
 use dhcpmanager_tests::binaries;
 use dhcpmanager_tests::bootp::MessageType;
 use dhcpmanager_tests::lab::{Lab, SERVER_ADDR_1, SERVER_ADDR_2, Server, ServerOpts, active_lease};
@@ -452,7 +452,7 @@ fn restart_resumes_without_discover(server: Server) {
     second.signal_and_wait(libc::SIGTERM);
     let frames = capture.stop().unwrap();
     let chaddr: [u8; 6] = mac
-        .parse::<dhcpmanager_operator::dhcp::MacAddr>()
+        .parse::<dhcpmanager_engine::dhcp::MacAddr>()
         .unwrap()
         .octets();
     let ours: Vec<_> = frames
@@ -523,8 +523,8 @@ fn bad_mac_is_refused_before_anything_happens() {
 // --- many addresses at once through the manager ---------------------------------------------
 
 fn fifty_at_once(server: Server) {
-    use dhcpmanager_operator::dhcp::{ClientConfig, MacAddr};
-    use dhcpmanager_operator::manager::{AddressSpec, LeaseManager, ManagerConfig, wait_bound};
+    use dhcpmanager_engine::dhcp::{ClientConfig, MacAddr};
+    use dhcpmanager_engine::manager::{AddressSpec, LeaseManager, ManagerConfig, wait_bound};
     use std::sync::Arc;
 
     let lab = lab_with(server, ServerOpts::default());

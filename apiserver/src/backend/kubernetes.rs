@@ -58,7 +58,7 @@ impl Drop for KubernetesBackend {
 impl KubernetesBackend {
     /// In-cluster configuration or KUBECONFIG (kube's usual order). Errors when neither exists.
     pub async fn connect(options: KubernetesOptions) -> Result<Arc<Self>, kube::Error> {
-        let client = dhcpmanager_operator::kube_client::connect().await?;
+        let client = dhcpmanager_crds::client::connect().await?;
         Ok(Self::with_client(client, options))
     }
 

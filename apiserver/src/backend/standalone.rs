@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use chrono::Utc;
-use dhcpmanager_operator::dhcp::{ClientConfig, ClientIdMode, LeaseRecord, MacAddr as WireMac};
-use dhcpmanager_operator::manager::{
+use dhcpmanager_engine::dhcp::{ClientConfig, ClientIdMode, LeaseRecord, MacAddr as WireMac};
+use dhcpmanager_engine::manager::{
     AddressSpec, LeaseManager, ManagerConfig, PersistFn, wait_bound,
 };
 use futures::future::BoxFuture;
@@ -117,7 +117,7 @@ pub enum StandaloneError {
     #[error("cannot start the store writer: {0}")]
     Writer(#[source] std::io::Error),
     #[error("lease manager: {0}")]
-    Manager(#[from] dhcpmanager_operator::error::Error),
+    Manager(#[from] dhcpmanager_engine::Error),
     #[error("the standalone backend must be opened inside a tokio runtime")]
     NoRuntime,
 }
@@ -514,7 +514,7 @@ impl Core {
             .expect("only this task removes it");
         match self.manager.release(&stored.id).await {
             Ok(()) => {}
-            Err(dhcpmanager_operator::error::Error::UnknownAddress(_)) => {
+            Err(dhcpmanager_engine::Error::UnknownAddress(_)) => {
                 // Not running (it could not be resumed at start): release from the record.
                 if let Some(record) = stored.record.clone().filter(|r| r.is_valid_at(Utc::now()))
                     && let Err(error) = self

@@ -18,7 +18,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use dhcpmanager_operator::state_file::write_atomically;
+use dhcpmanager_engine::state_file::write_atomically;
 
 /// Slot size of a new file; a record that does not fit gets a file with larger slots.
 pub const SLOT_BYTES: usize = 4096;

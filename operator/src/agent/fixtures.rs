@@ -24,7 +24,7 @@ use super::ownership::{Ownership, OwnershipConfig};
 use super::reconcile::FINALIZER;
 use super::status_writer::StatusWriter;
 use super::{Context, Settings};
-use crate::manager::{LeaseManager, ManagerConfig};
+use dhcpmanager_engine::manager::{LeaseManager, ManagerConfig};
 
 pub const NAMESPACE: &str = "shop";
 pub const NAME: &str = "web";
@@ -104,7 +104,7 @@ impl AddressFixture for DhcpAddress {
     }
 
     fn deleted(mut self) -> Self {
-        self.meta_mut().deletion_timestamp = Some(super::status::to_time(chrono::Utc::now()));
+        self.meta_mut().deletion_timestamp = Some(dhcpmanager_crds::to_time(chrono::Utc::now()));
         self
     }
 }

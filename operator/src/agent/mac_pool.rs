@@ -9,8 +9,8 @@ use kube::ResourceExt;
 use kube::api::{Api, ObjectMeta, PostParams};
 use tracing::info;
 
-use crate::dhcp::MacAddr;
 use crate::error::Error;
+use dhcpmanager_engine::dhcp::MacAddr;
 
 /// How often a conflicting write is retried before the reconcile gives up (and is requeued).
 const ATTEMPTS: usize = 16;

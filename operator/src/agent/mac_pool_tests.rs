@@ -6,8 +6,8 @@ use kube::Api;
 
 use super::fixtures::*;
 use super::mac_pool::{allocate, choose, release};
-use crate::dhcp::MacAddr;
 use crate::error::Error;
+use dhcpmanager_engine::dhcp::MacAddr;
 
 const FIRST: &str = "02:00:5e:00:00:01";
 const SECOND: &str = "02:00:5e:00:00:02";

@@ -31,9 +31,9 @@ use kube::runtime::{Controller, watcher};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::dhcp::{ClientEvent, MacAddr, State};
 use crate::error::Error;
-use crate::manager::{AddressStatus, LeaseManager, ManagerConfig};
+use dhcpmanager_engine::dhcp::{ClientEvent, MacAddr, State};
+use dhcpmanager_engine::manager::{AddressStatus, LeaseManager, ManagerConfig};
 use metrics::{AddressLabel, Metrics};
 use ownership::{Ownership, OwnershipConfig};
 use status::{Observed, status_for};
@@ -333,13 +333,13 @@ impl Context {
     }
 }
 
-fn old_expired(record: &crate::dhcp::LeaseRecord) -> bool {
+fn old_expired(record: &dhcpmanager_engine::dhcp::LeaseRecord) -> bool {
     !record.is_valid_at(chrono::Utc::now())
 }
 
-pub async fn run(args: AgentArgs, config: crate::config::Config) -> Result<(), Error> {
+pub async fn run(args: AgentArgs, config: dhcpmanager_engine::config::Config) -> Result<(), Error> {
     info!(node = %args.node_name, "agent starting");
-    let client = crate::kube_client::connect()
+    let client = dhcpmanager_crds::client::connect()
         .await
         .map_err(|source| Error::Kube {
             action: "connecting to the Kubernetes API".into(),
@@ -358,9 +358,11 @@ pub async fn run(args: AgentArgs, config: crate::config::Config) -> Result<(), E
         time_scale: args.time_scale,
     };
     let netns = match &args.link_netns {
-        Some(path) => crate::net::NetNs::open(path)
-            .map_err(|e| Error::ConfigInvalid("--link-netns".into(), e.to_string()))?,
-        None => crate::net::NetNs::current(),
+        Some(path) => dhcpmanager_engine::net::NetNs::open(path).map_err(|e| Error::Flag {
+            flag: "--link-netns",
+            problem: e.to_string(),
+        })?,
+        None => dhcpmanager_engine::net::NetNs::current(),
     };
     let manager = LeaseManager::new(
         ManagerConfig {
@@ -370,7 +372,7 @@ pub async fn run(args: AgentArgs, config: crate::config::Config) -> Result<(), E
             ..ManagerConfig::default()
         },
         // Records reach the API through the status watch; nothing else to persist.
-        Arc::new(|_: &str, _: Option<&crate::dhcp::LeaseRecord>| {}),
+        Arc::new(|_: &str, _: Option<&dhcpmanager_engine::dhcp::LeaseRecord>| {}),
     )?;
     let macs: Vec<MacAddr> = config.macs.clone();
     let pools: Api<MacPool> = Api::all(client.clone());
@@ -408,11 +410,9 @@ pub async fn run(args: AgentArgs, config: crate::config::Config) -> Result<(), E
     });
 
     let metrics_server = metrics::server(args.metrics_addr, metrics.clone(), manager.clone())
-        .map_err(|e| {
-            Error::ConfigInvalid(
-                "--metrics-addr".into(),
-                format!("cannot listen on {}: {e}", args.metrics_addr),
-            )
+        .map_err(|e| Error::Flag {
+            flag: "--metrics-addr",
+            problem: format!("cannot listen on {}: {e}", args.metrics_addr),
         })?;
     tokio::spawn(metrics_server);
     tokio::spawn({
@@ -486,5 +486,5 @@ pub async fn run(args: AgentArgs, config: crate::config::Config) -> Result<(), E
     info!(
         "shutting down: stopping every DHCP client without releasing (the next agent resumes them)"
     );
-    manager.stop_all().await
+    Ok(manager.stop_all().await?)
 }

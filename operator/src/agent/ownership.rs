@@ -113,7 +113,7 @@ impl Ownership {
             let action = format!("{action} Lease {name}");
             move |source| Error::Kube { action, source }
         };
-        let now = MicroTime(super::status::to_time(Utc::now()).0);
+        let now = MicroTime(dhcpmanager_crds::to_time(Utc::now()).0);
         let duration = i32::try_from(self.config.lease_duration.as_secs()).unwrap_or(i32::MAX);
         let current = self
             .leases

@@ -17,9 +17,9 @@ use tracing::{info, warn};
 
 use super::Context;
 use super::status::record_from_status;
-use crate::dhcp::{ClientConfig, ClientIdMode, LeaseRecord, MacAddr};
 use crate::error::Error;
-use crate::manager::AddressSpec;
+use dhcpmanager_engine::dhcp::{ClientConfig, ClientIdMode, LeaseRecord, MacAddr};
+use dhcpmanager_engine::manager::AddressSpec;
 
 pub const FINALIZER: &str = "dhcpmanager.io/release";
 
@@ -176,7 +176,7 @@ async fn resolve_mac(
     if let Some(mac) = address.spec.mac.as_deref() {
         return Ok((
             mac.parse()
-                .map_err(|e: crate::dhcp::Error| invalid(e.to_string()))?,
+                .map_err(|e: dhcpmanager_engine::dhcp::Error| invalid(e.to_string()))?,
             None,
         ));
     }

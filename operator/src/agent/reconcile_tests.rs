@@ -11,7 +11,8 @@ use super::fixtures::*;
 use super::metrics::ErrorLabel;
 use super::reconcile::{error_policy, reconcile};
 use crate::error::Error;
-use crate::net::links::LinkError;
+use dhcpmanager_engine::Error as EngineError;
+use dhcpmanager_engine::net::links::LinkError;
 
 const FIXED_MAC: &str = "02:aa:00:00:00:01";
 
@@ -126,7 +127,9 @@ async fn owned_object_gets_a_pool_mac_and_fails_on_the_missing_parent() {
     assert!(ctx.manager.status(KEY).is_none(), "nothing left running");
     finish(ctx, server).await;
     match result {
-        Err(Error::Link(LinkError::ParentNotFound(parent))) => assert_eq!(parent, ABSENT_PARENT),
+        Err(Error::Engine(EngineError::Link(LinkError::ParentNotFound(parent)))) => {
+            assert_eq!(parent, ABSENT_PARENT)
+        }
         other => panic!("expected the missing parent, got {other:?}"),
     }
 }

@@ -2,11 +2,13 @@
 //! agent writes, and the lease record a (new) agent resumes from.
 
 use chrono::{DateTime, Utc};
-use dhcpmanager_crds::{DhcpAddressStatus, LeaseRecordStatus, Phase, condition_type};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use dhcpmanager_crds::{
+    DhcpAddressStatus, LeaseRecordStatus, Phase, condition_type, from_time, to_time,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
-use crate::dhcp::{LeaseRecord, MacAddr, State};
-use crate::manager::AddressStatus;
+use dhcpmanager_engine::dhcp::{LeaseRecord, MacAddr, State};
+use dhcpmanager_engine::manager::AddressStatus;
 
 /// The phase a client state shows as. A client without a record that is looking for a lease is
 /// Pending; one whose lease ran out stays Expired until it binds again.
@@ -113,19 +115,6 @@ fn condition(
     }
 }
 
-/// chrono (the engine's clock type) to the API's timestamp.
-pub fn to_time(at: DateTime<Utc>) -> Time {
-    let nanos = i128::from(at.timestamp_nanos_opt().unwrap_or(i64::MAX));
-    Time(
-        k8s_openapi::jiff::Timestamp::from_nanosecond(nanos)
-            .unwrap_or(k8s_openapi::jiff::Timestamp::MAX),
-    )
-}
-
-pub fn from_time(time: &Time) -> DateTime<Utc> {
-    DateTime::from_timestamp_nanos(i64::try_from(time.0.as_nanosecond()).unwrap_or(i64::MAX))
-}
-
 pub fn record_to_status(record: &LeaseRecord) -> LeaseRecordStatus {
     LeaseRecordStatus {
         ip: record.ip,
@@ -199,7 +188,7 @@ mod tests {
     #[test]
     fn record_round_trips_through_status() {
         let now = Utc::now();
-        let record = crate::fixtures::lease_record(now);
+        let record = dhcpmanager_engine::fixtures::lease_record(now);
         let back = record_from_status(&record_to_status(&record), record.hostname.clone());
         assert_eq!(back, Some(record));
     }
@@ -207,7 +196,7 @@ mod tests {
     #[test]
     fn bound_status_carries_the_lease_and_a_ready_condition() {
         let now = Utc::now();
-        let record = crate::fixtures::lease_record(now);
+        let record = dhcpmanager_engine::fixtures::lease_record(now);
         let status = status_for(
             &engine(State::Bound, Some(record.clone())),
             &observed(now, None),
@@ -227,7 +216,7 @@ mod tests {
     #[test]
     fn transition_time_only_moves_when_the_condition_flips() {
         let t0 = Utc::now();
-        let record = crate::fixtures::lease_record(t0);
+        let record = dhcpmanager_engine::fixtures::lease_record(t0);
         let first = status_for(
             &engine(State::Bound, Some(record.clone())),
             &observed(t0, None),

@@ -16,10 +16,12 @@ use serde_json::json;
 
 use dhcpmanager_crds::hostname_for_service;
 
-use crate::dhcp::{ClientConfig, ClientIdMode, LeaseRecord, MacAddr};
 use crate::error::Error;
-use crate::manager::{AddressSpec, LeaseManager, ManagerConfig, PersistFn, wait_bound};
-use crate::state_file;
+use dhcpmanager_engine::dhcp::{ClientConfig, ClientIdMode, LeaseRecord, MacAddr};
+use dhcpmanager_engine::manager::{
+    AddressSpec, LeaseManager, ManagerConfig, PersistFn, wait_bound,
+};
+use dhcpmanager_engine::state_file;
 
 #[derive(Debug, Args)]
 pub struct LeaseArgs {
@@ -174,12 +176,12 @@ pub async fn run(args: LeaseArgs) -> Result<(), Error> {
                 state_file::remove(path)?;
             }
             // The link's deletion is deferred: wait for it, the process leaves nothing behind.
-            manager.settle_links().await
+            Ok(manager.settle_links().await?)
         }
         Err(error) => {
             manager.stop(&key, true).await?;
             manager.settle_links().await?;
-            Err(error)
+            Err(error.into())
         }
     }
 }
@@ -211,7 +213,7 @@ async fn hold(manager: &LeaseManager, key: &str) -> Result<(), Error> {
     }
     // Not a release: the lease stays valid at the server for the next start to resume.
     manager.stop(key, true).await?;
-    manager.settle_links().await
+    Ok(manager.settle_links().await?)
 }
 
 async fn release_recorded(args: &LeaseArgs, recorded: Option<LeaseRecord>) -> Result<(), Error> {

@@ -32,10 +32,16 @@ pub enum Command {
 
 /// The original configuration: `--config FILE` (must exist) or the default path (may be missing),
 /// then the `DHCP_` environment in both spellings.
-pub fn load_config(path: Option<&PathBuf>) -> Result<crate::config::Config, crate::error::Error> {
+pub fn load_config(
+    path: Option<&PathBuf>,
+) -> Result<dhcpmanager_engine::config::Config, crate::error::Error> {
     let source = match path {
-        Some(path) => crate::config::Source::Explicit(path),
-        None => crate::config::Source::Default,
+        Some(path) => dhcpmanager_engine::config::Source::Explicit(path),
+        None => dhcpmanager_engine::config::Source::Default,
     };
-    crate::config::Config::load(source, std::env::vars(), &[])
+    Ok(dhcpmanager_engine::config::Config::load(
+        source,
+        std::env::vars(),
+        &[],
+    )?)
 }

@@ -8,9 +8,9 @@ pub enum BenchError {
     #[error(transparent)]
     Lab(#[from] LabError),
     #[error(transparent)]
-    Engine(#[from] dhcpmanager_operator::error::Error),
+    Engine(#[from] dhcpmanager_engine::Error),
     #[error(transparent)]
-    Link(#[from] dhcpmanager_operator::net::LinkError),
+    Link(#[from] dhcpmanager_engine::net::LinkError),
     #[error(transparent)]
     Raw(#[from] RawDoraError),
     #[error("kube: {0}")]

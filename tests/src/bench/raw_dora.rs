@@ -8,8 +8,8 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use dhcpmanager_operator::net::links::{self, LinkError, Links};
-use dhcpmanager_operator::net::packet_socket::{DhcpSocket, Received};
+use dhcpmanager_engine::net::links::{self, LinkError, Links};
+use dhcpmanager_engine::net::packet_socket::{DhcpSocket, Received};
 
 use crate::bootp::{self, DhcpMessage, MessageType};
 

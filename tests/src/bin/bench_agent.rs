@@ -413,7 +413,7 @@ async fn kube_client(kubeconfig: &Path) -> Result<kube::Client> {
     .await
     .map_err(|e| BenchError::Kubeconfig(e.to_string()))?;
     // The agent's own client (TCP_NODELAY): a new connection must not add ~40 ms to a figure.
-    Ok(dhcpmanager_operator::kube_client::client_for(config)?)
+    Ok(dhcpmanager_crds::client::client_for(config)?)
 }
 
 fn agent_macs() -> Vec<String> {

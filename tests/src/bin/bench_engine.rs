@@ -19,8 +19,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dhcpmanager_operator::dhcp::{ClientConfig, MacAddr};
-use dhcpmanager_operator::manager::{
+use dhcpmanager_engine::dhcp::{ClientConfig, MacAddr};
+use dhcpmanager_engine::manager::{
     AddressSpec, CounterSnapshot, LeaseManager, ManagerConfig, PersistFn, wait_bound,
 };
 use dhcpmanager_tests::bench::cli;
@@ -530,7 +530,7 @@ async fn concurrent_new(
                     .filter(|k| {
                         manager
                             .status(k)
-                            .is_some_and(|s| s.state == dhcpmanager_operator::dhcp::State::Bound)
+                            .is_some_and(|s| s.state == dhcpmanager_engine::dhcp::State::Bound)
                     })
                     .count();
                 eprintln!(

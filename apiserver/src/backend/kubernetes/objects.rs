@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use dhcpmanager_crds::from_time;
 use dhcpmanager_crds::{DhcpAddress, DhcpAddressSpec, Phase};
-use dhcpmanager_operator::agent::status::from_time;
 use kube::ResourceExt;
 
 use crate::MacAddr;

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use chrono::Utc;
-use dhcpmanager_operator::dhcp::LeaseRecord;
+use dhcpmanager_engine::dhcp::LeaseRecord;
 
 use crate::MacAddr;
 use crate::backend::{
@@ -410,7 +410,7 @@ fn lease_info(record: &LeaseRecord) -> LeaseInfo {
 mod tests {
     use super::*;
     use chrono::TimeDelta;
-    use dhcpmanager_operator::dhcp::MacAddr as WireMac;
+    use dhcpmanager_engine::dhcp::MacAddr as WireMac;
 
     fn mac(last: u8) -> MacAddr {
         MacAddr([2, 0x77, 0, 0, 0, last])

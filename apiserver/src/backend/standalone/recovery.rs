@@ -62,7 +62,7 @@ pub fn plan(loaded: Vec<StoredAllocation>, now: DateTime<Utc>) -> RecoveryPlan {
 mod tests {
     use super::*;
     use chrono::TimeDelta;
-    use dhcpmanager_operator::dhcp::{LeaseRecord, MacAddr as WireMac};
+    use dhcpmanager_engine::dhcp::{LeaseRecord, MacAddr as WireMac};
     use std::net::Ipv4Addr;
 
     fn allocation(id: &str, mac: u8, phase: Phase, expires_in: Option<i64>) -> StoredAllocation {

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use dhcpmanager_operator::dhcp::MacAddr as WireMac;
-use dhcpmanager_operator::manager::PreparedLink;
+use dhcpmanager_engine::dhcp::MacAddr as WireMac;
+use dhcpmanager_engine::manager::PreparedLink;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, warn};
 

@@ -1,4 +1,5 @@
-//! Values shared by the unit tests of the edges (the DHCP core keeps its own).
+//! Values shared by the unit tests of the edges and of the agent (the DHCP core keeps its own).
+//! Built for other crates only with the `test-support` feature.
 
 use std::net::Ipv4Addr;
 

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use dhcpmanager_operator::dhcp::{LeaseRecord, MacAddr};
-use dhcpmanager_operator::error::Error;
-use dhcpmanager_operator::manager::{LeaseManager, ManagerConfig};
-use dhcpmanager_operator::net::links::DEFAULT_RETIRED_LINK_GROUP;
-use dhcpmanager_operator::net::{
+use dhcpmanager_engine::Error;
+use dhcpmanager_engine::dhcp::{LeaseRecord, MacAddr};
+use dhcpmanager_engine::manager::{LeaseManager, ManagerConfig};
+use dhcpmanager_engine::net::links::DEFAULT_RETIRED_LINK_GROUP;
+use dhcpmanager_engine::net::{
     DEFAULT_LINK_GROUP, DhcpSocket, LinkError, Links, ProbeTiming, link_alias, link_name, probe,
 };
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, OptionCode};

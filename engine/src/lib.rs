@@ -1,0 +1,17 @@
+//! dhcpmanager's DHCP client engine, free of Kubernetes and HTTP so that both front ends (the
+//! agent and the standalone REST API) share it and Cargo enforces the boundary:
+//! - [`dhcp`]: the RFC 2131 client state machine and message codec, pure (no I/O, injected clock);
+//! - [`net`]: the kernel at the edges: packet sockets, frames, macvlan links over rtnetlink;
+//! - [`manager`]: many clients at once: rate limit, renewals, link lifetime, counters;
+//! - [`state_file`] and [`config`]: a lease record on disk, the original's configuration file.
+
+pub mod config;
+pub mod dhcp;
+pub mod error;
+#[cfg(any(test, feature = "test-support"))]
+pub mod fixtures;
+pub mod manager;
+pub mod net;
+pub mod state_file;
+
+pub use error::Error;
