@@ -1,5 +1,8 @@
 //! The seam between the /v1 routes and whatever really obtains addresses (Kubernetes or standalone).
 
+/// An in-memory backend for the HTTP and etcd-mirror tests: not in the production library
+/// (feature `test-support`, which this crate's own dev-dependency on itself turns on).
+#[cfg(any(test, feature = "test-support"))]
 pub mod fake;
 pub mod kubernetes;
 pub mod standalone;

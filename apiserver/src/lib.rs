@@ -1,20 +1,13 @@
 //! dhcpmanager-apiserver: the original dhcpmanager's `/v1` REST API over a pluggable [`Backend`],
 //! mirrored into etcd in the original's key layout.
 
-pub mod auth;
 pub mod backend;
 pub mod config;
-pub mod double_slash;
 pub mod engine_metrics;
 pub mod error;
 pub mod etcd_mirror;
-pub mod metrics;
-pub mod openapi;
+pub mod http;
 pub mod original_json;
-pub mod routes;
-pub mod server;
-pub mod store;
-pub mod wire;
 
 pub use backend::{Backend, BackendError};
 pub use config::Config;

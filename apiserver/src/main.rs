@@ -8,7 +8,7 @@ use clap::Parser;
 use dhcpmanager_apiserver::backend::kubernetes::{KubernetesBackend, KubernetesOptions};
 use dhcpmanager_apiserver::backend::standalone::{StandaloneBackend, StandaloneOptions};
 use dhcpmanager_apiserver::config::{Config, Source};
-use dhcpmanager_apiserver::{Backend, Error, etcd_mirror, server};
+use dhcpmanager_apiserver::{Backend, Error, etcd_mirror, http};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -137,7 +137,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
     let config = Config::load(source, std::env::vars(), &cli.overrides())?;
     let (backend, shutdown) = open_backend(&config, &cli).await?;
     let mirror = etcd_mirror::spawn(&config, backend.clone());
-    let (server, address) = server::bind(config, backend)?;
+    let (server, address) = http::bind(config, backend)?;
     tracing::info!(%address, "serving /v1");
     let handle = server.handle();
     tokio::spawn(async move {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::etcd::{Etcd, PREFIX, keys_under_prefix, wait_until_mirrored};
 use dhcpmanager_apiserver::backend::Backend;
 use dhcpmanager_apiserver::backend::standalone::{StandaloneBackend, StandaloneOptions};
-use dhcpmanager_apiserver::{Config, MacAddr, etcd_mirror, server};
+use dhcpmanager_apiserver::{Config, MacAddr, etcd_mirror, http};
 use dhcpmanager_tests::lab::{Lab, Server, ServerOpts};
 use dhcpmanager_tests::netns::in_netns;
 use etcd_client::Client;
@@ -46,7 +46,7 @@ fn the_api_answers_while_etcd_is_down_and_the_mirror_converges_after() {
                 .expect("standalone backend");
             let mirror = etcd_mirror::spawn(&config, backend.clone() as Arc<dyn Backend>)
                 .expect("mirror on");
-            let (http, address) = server::bind(config, backend.clone()).expect("binds");
+            let (http, address) = http::bind(config, backend.clone()).expect("binds");
             let handle = http.handle();
             tokio::spawn(http);
             let post = || async {

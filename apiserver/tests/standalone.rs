@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use dhcpmanager_apiserver::backend::standalone::store::{Phase, Store};
 use dhcpmanager_apiserver::backend::standalone::{StandaloneBackend, StandaloneOptions};
 use dhcpmanager_apiserver::backend::{AllocationState, Backend, BackendError};
-use dhcpmanager_apiserver::metrics::Metrics;
-use dhcpmanager_apiserver::store::{Phase, Store};
-use dhcpmanager_apiserver::{Config, MacAddr, server};
+use dhcpmanager_apiserver::http::metrics::Metrics;
+use dhcpmanager_apiserver::{Config, MacAddr, http};
 use dhcpmanager_engine::dhcp::State;
 use dhcpmanager_tests::bootp::MessageType;
 use dhcpmanager_tests::lab::{Lab, SERVER_ADDR_2, Server, ServerOpts, active_lease};
@@ -647,7 +647,7 @@ fn the_forks_requests_over_http_get_and_give_back_a_real_lease() {
                 ..common::test_config()
             };
             // Loopback of the agent namespace: the fork talks to the apiserver on the node.
-            let (http, address) = server::bind(config, backend.clone()).expect("binds");
+            let (http, address) = http::bind(config, backend.clone()).expect("binds");
             let handle = http.handle();
             tokio::spawn(http);
 
@@ -720,7 +720,7 @@ fn renewals_packets_and_clients_of_the_engine_are_on_metrics() {
                 request_timeout: REQUEST_TIMEOUT,
                 ..common::test_config()
             };
-            let (http, address) = server::bind(config, backend.clone()).expect("binds");
+            let (http, address) = http::bind(config, backend.clone()).expect("binds");
             let handle = http.handle();
             tokio::spawn(http);
             let scrape = || async { common::get(address, "/metrics").await.body };

@@ -851,7 +851,7 @@ fn dashboard_uses_the_metric_names_the_binaries_export() {
     let exprs = expressions(&dashboard());
     assert!(exprs.len() >= 10, "{exprs:?}");
     let agent = std::fs::read_to_string(repo_root().join("operator/src/agent/metrics.rs")).unwrap();
-    let api = std::fs::read_to_string(repo_root().join("apiserver/src/metrics.rs")).unwrap();
+    let api = std::fs::read_to_string(repo_root().join("apiserver/src/http/metrics.rs")).unwrap();
     let counters = [
         "renewals",
         "naks",
@@ -876,7 +876,7 @@ fn dashboard_uses_the_metric_names_the_binaries_export() {
                     .unwrap_or(base);
                 assert!(
                     api.contains(&format!("\"{registered}\"")),
-                    "{name}: {registered} is not registered in apiserver/src/metrics.rs"
+                    "{name}: {registered} is not registered in apiserver/src/http/metrics.rs"
                 );
                 continue;
             }

@@ -1,5 +1,5 @@
 //! The standalone backend: the lease manager in-process, allocations and the MAC pool in an
-//! embedded crash-safe store ([`crate::store`]), no Kubernetes.
+//! embedded crash-safe store ([`store`]), no Kubernetes.
 //!
 //! Guarantees (the original's defects in compat.md must not come back):
 //! - a POST that fails or times out leaves nothing behind: the client is released through the
@@ -20,6 +20,7 @@
 mod book;
 mod recovery;
 mod spares;
+pub mod store;
 mod writer;
 
 use std::collections::BTreeSet;
@@ -43,9 +44,9 @@ use super::{Allocation, AllocationState, Backend, BackendError, StatusSnapshot};
 use crate::MacAddr;
 use crate::config::Config;
 use crate::engine_metrics::EngineMetrics;
-use crate::store::{Phase, SkippedFile, Store, StoreError, StoredAllocation};
 use book::{Begun, Book, RecordChange, to_api};
 use spares::SpareLinks;
+use store::{Phase, SkippedFile, Store, StoreError, StoredAllocation};
 use writer::{StoreWriter, written};
 
 /// What the DHCP client of every allocation sends, beyond MAC and hostname.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dhcpmanager_apiserver::backend::fake::{FakeBackend, FakeBehaviour};
-use dhcpmanager_apiserver::{Config, MacAddr, server};
+use dhcpmanager_apiserver::{Config, MacAddr, http};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -42,7 +42,7 @@ pub fn mac(last: u8) -> MacAddr {
 
 pub async fn start(config: Config, backend: FakeBackend) -> Running {
     let backend = Arc::new(backend);
-    let (server, address) = server::bind(config, backend.clone()).expect("binds 127.0.0.1:0");
+    let (server, address) = http::bind(config, backend.clone()).expect("binds 127.0.0.1:0");
     let handle = server.handle();
     tokio::spawn(server);
     Running {

@@ -7,12 +7,12 @@ use std::net::Ipv4Addr;
 use chrono::Utc;
 use dhcpmanager_engine::dhcp::LeaseRecord;
 
+use super::store::{Phase, StoredAllocation};
 use crate::MacAddr;
 use crate::backend::{
     Allocation, AllocationState, BackendError, InterfaceInfo, LeaseInfo, StatusSnapshot,
     hostname_for_service, lease_cidr,
 };
-use crate::store::{Phase, StoredAllocation};
 
 /// Go's net.Flags of a macvlan that is up: up | broadcast | multicast (as the original stored).
 const LINK_UP_FLAGS: u32 = 1 | 2 | 16;

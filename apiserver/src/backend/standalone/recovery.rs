@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
+use super::store::{Phase, StoredAllocation};
 use crate::MacAddr;
-use crate::store::{Phase, StoredAllocation};
 
 #[derive(Debug, Default, PartialEq)]
 pub struct RecoveryPlan {

@@ -12,8 +12,8 @@ use std::sync::mpsc;
 use tokio::sync::oneshot;
 use tracing::error;
 
+use super::store::{Store, StoredAllocation};
 use crate::MacAddr;
-use crate::store::{Store, StoredAllocation};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Target {
@@ -170,7 +170,7 @@ fn write(store: &Store, target: &Target, content: Content) -> Result<(), String>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Phase;
+    use crate::backend::standalone::store::Phase;
 
     fn job(target: Target, content: Content) -> (Job, Written) {
         let (done, written) = oneshot::channel();

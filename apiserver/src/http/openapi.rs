@@ -18,7 +18,7 @@ pub fn document(auth_required: bool) -> String {
 
 fn require_token(document: &mut Value) {
     document["components"]["securitySchemes"] = json!({
-        "token": {"type": "apiKey", "in": "header", "name": crate::auth::HEADER}
+        "token": {"type": "apiKey", "in": "header", "name": crate::http::auth::HEADER}
     });
     let Some(paths) = document["paths"].as_object_mut() else {
         return;

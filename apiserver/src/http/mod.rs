@@ -1,4 +1,14 @@
-//! Assembles the actix-web server: shared state, body limits, middleware order, binding.
+//! The HTTP side of the apiserver: the actix-web server (body limits, middleware order, binding)
+//! and, in its submodules, the routes, the token check, the OpenAPI document, the request metrics
+//! and the original's wire shapes. Everything below `http` reads shared data from [`AppState`].
+
+pub mod auth;
+pub mod double_slash;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod state;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,15 +22,8 @@ use actix_web::{App, HttpRequest, HttpServer, web};
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::Error;
-use crate::metrics::{Metrics, count_requests};
-use crate::{double_slash, openapi, routes, wire};
-
-pub struct AppState {
-    pub backend: Arc<dyn Backend>,
-    pub config: Arc<Config>,
-    pub metrics: Metrics,
-    pub openapi: String,
-}
+use metrics::{Metrics, count_requests};
+pub use state::AppState;
 
 /// Malformed, mistyped, empty or oversized bodies: a JSON 4xx in the route's shape, never a panic.
 fn json_error(error: JsonPayloadError, request: &HttpRequest) -> actix_web::Error {
@@ -37,9 +40,11 @@ fn json_error(error: JsonPayloadError, request: &HttpRequest) -> actix_web::Erro
 
 /// Binds (port 0 picks a free one) and returns the not-yet-awaited server with its address.
 pub fn bind(config: Config, backend: Arc<dyn Backend>) -> Result<(Server, SocketAddr), Error> {
+    let metrics = Arc::new(Metrics::new(backend.engine_metrics()));
+    let counted = web::Data::from(metrics.clone());
     let state = web::Data::new(AppState {
         openapi: openapi::document(config.auth_token.is_some()),
-        metrics: Metrics::new(backend.engine_metrics()),
+        metrics,
         backend,
         config: Arc::new(config.clone()),
     });
@@ -51,6 +56,7 @@ pub fn bind(config: Config, backend: Arc<dyn Backend>) -> Result<(Server, Socket
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(counted.clone())
             .app_data(json_config.clone())
             .configure(routes::configure)
             .wrap(from_fn(count_requests))

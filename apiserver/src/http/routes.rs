@@ -7,11 +7,12 @@ use actix_web::http::{Method, StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
 
+use crate::MacAddr;
 use crate::backend::BackendError;
+use crate::http::auth;
+use crate::http::state::AppState;
+use crate::http::wire::{self, ERROR, IpAnswer, SUCCESS, TIMEOUT};
 use crate::original_json::GoAllocation;
-use crate::server::AppState;
-use crate::wire::{self, ERROR, IpAnswer, SUCCESS, TIMEOUT};
-use crate::{MacAddr, auth};
 
 /// Time a backend gets past its own deadline to answer `Timeout` itself (with the allocation id)
 /// before the route gives up on it regardless.

@@ -14,7 +14,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::engine_metrics::EngineMetrics;
-use crate::server::AppState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -63,9 +62,9 @@ impl Metrics {
         );
         // Every outcome exists from the start, so rate() counts the first allocation of each too.
         for outcome in [
-            crate::wire::SUCCESS,
-            crate::wire::ERROR,
-            crate::wire::TIMEOUT,
+            crate::http::wire::SUCCESS,
+            crate::http::wire::ERROR,
+            crate::http::wire::TIMEOUT,
         ] {
             let _ = allocation_seconds.get_or_create(&OutcomeLabels {
                 outcome: outcome.to_string(),
@@ -106,7 +105,7 @@ pub async fn count_requests(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let state = request.app_data::<web::Data<AppState>>().cloned();
+    let metrics = request.app_data::<web::Data<Metrics>>().cloned();
     // Arbitrary method tokens are valid HTTP; only known ones become label values.
     let method = match request.method().as_str() {
         known @ ("GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS") => known,
@@ -114,13 +113,12 @@ pub async fn count_requests(
     }
     .to_string();
     let response = next.call(request).await?;
-    if let Some(state) = state {
+    if let Some(metrics) = metrics {
         let route = response
             .request()
             .match_pattern()
             .unwrap_or_else(|| "unmatched".to_string());
-        state
-            .metrics
+        metrics
             .requests
             .get_or_create(&RequestLabels {
                 route,

@@ -6,8 +6,8 @@ use actix_web::http::StatusCode;
 use actix_web::middleware::Next;
 use actix_web::{Error, web};
 
-use crate::server::AppState;
-use crate::wire;
+use crate::http::state::AppState;
+use crate::http::wire;
 
 pub const HEADER: &str = "X-Auth-Token";
 
