@@ -1039,3 +1039,128 @@ fn udp_dst_port(frame: &[u8]) -> Option<u16> {
     let udp = frame.get(14 + ihl..14 + ihl + 8)?;
     Some(u16::from_be_bytes([udp[2], udp[3]]))
 }
+
+/// Runs `body` like [`in_netns`], on a thread that first moved into a private mount namespace
+/// where `/proc/sys` is read-only, as in an unprivileged container.
+fn in_netns_with_read_only_proc_sys<T, F, Fut>(ns: &str, body: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+{
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        use std::ffi::CString;
+        let call = |rc: i32, what: &str| {
+            assert_eq!(rc, 0, "{what}: {}", std::io::Error::last_os_error());
+        };
+        // CLONE_NEWNS copies only this thread's view (it implies CLONE_FS, unshared here).
+        call(unsafe { libc::unshare(libc::CLONE_NEWNS) }, "unshare");
+        let root = CString::new("/").unwrap();
+        let sys = CString::new("/proc/sys").unwrap();
+        let none = std::ptr::null();
+        call(
+            unsafe {
+                libc::mount(
+                    none,
+                    root.as_ptr(),
+                    none,
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    none.cast(),
+                )
+            },
+            "make / private",
+        );
+        call(
+            unsafe { libc::mount(sys.as_ptr(), sys.as_ptr(), none, libc::MS_BIND, none.cast()) },
+            "bind /proc/sys",
+        );
+        call(
+            unsafe {
+                libc::mount(
+                    none,
+                    sys.as_ptr(),
+                    none,
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                    none.cast(),
+                )
+            },
+            "remount /proc/sys read-only",
+        );
+        in_netns(&ns, body)
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Whether a captured frame is IPv6 and, if so, whether it is a router solicitation.
+fn ipv6_kind(frame: &[u8]) -> Option<bool> {
+    if frame.get(12..14)? != [0x86, 0xdd] {
+        return None;
+    }
+    // Next header ICMPv6 (58), type 133; hop-by-hop headers (MLD) are not solicitations.
+    Some(frame.get(20) == Some(&58) && frame.get(54) == Some(&133))
+}
+
+#[test]
+fn a_created_link_sends_no_ipv6_and_needs_no_writable_proc_sys() {
+    let pair = NetnsPair::new();
+    let capture_file = pair.dir.join("ipv6.pcap");
+    // On the server's side of the segment: everything any macvlan on `va` puts on the wire.
+    let mut tcpdump = start_tcpdump(&pair.b, "vb", &capture_file);
+    let ours = mac_of(40);
+    let name = "dmnov6";
+    let proc_sys_was_read_only = in_netns_with_read_only_proc_sys(&pair.a, move || async move {
+        Links::connect()
+            .unwrap()
+            .create_macvlan("va", name, ours, DEFAULT_LINK_GROUP, "dhcpmanager:t:nov6")
+            .await
+            .unwrap();
+        let knob = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+        fs::write(&knob, "1").map_err(|e| e.raw_os_error())
+    });
+    assert_eq!(
+        proc_sys_was_read_only,
+        Err(Some(libc::EROFS)),
+        "the link was created with /proc/sys read-only"
+    );
+    let details = link_details(&pair.a, name).expect("the link exists");
+    assert!(details.contains("addrgenmode none"), "{details}");
+    assert!(is_up(&details), "{details}");
+
+    // The positive control: a macvlan made the ordinary way on the same parent, after ours.
+    // Its router solicitation follows DAD of its link-local address, so once it is on the wire
+    // ours had as long to send the same.
+    let control = "02:77:00:00:00:41";
+    run(&[
+        "ip", "-n", &pair.a, "link", "add", "dmctl", "link", "va", "address", control, "type",
+        "macvlan", "mode", "bridge",
+    ]);
+    run(&["ip", "-n", &pair.a, "link", "set", "dmctl", "up"]);
+    let control = parse_mac(control);
+    let deadline = Instant::now() + BODY_TIMEOUT;
+    let frames = loop {
+        let frames = pcap_frames(&capture_file);
+        let solicited = frames
+            .iter()
+            .any(|f| f[6..12] == control && ipv6_kind(f) == Some(true));
+        if solicited {
+            break frames;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the control link sent no router solicitation"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    tcpdump.stop();
+    let from_ours: Vec<&Vec<u8>> = frames
+        .iter()
+        .filter(|f| f[6..12] == ours && ipv6_kind(f).is_some())
+        .collect();
+    assert!(
+        from_ours.is_empty(),
+        "{} IPv6 frames left with our MAC",
+        from_ours.len()
+    );
+}

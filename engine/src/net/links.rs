@@ -14,7 +14,10 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
-use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, MacVlanMode};
+use netlink_packet_route::link::{
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoKind, LinkAttribute, LinkInfo, LinkMessage,
+    MacVlanMode,
+};
 use rtnetlink::sys::AsyncSocket;
 use rtnetlink::{AddressMessageBuilder, Handle, LinkMacVlan, LinkUnspec};
 use sha2::{Digest, Sha256};
@@ -162,6 +165,8 @@ impl Links {
             // A retired link may be deleted by the reaper at any moment: replace it.
             let retired = group_of(&existing) == Some(self.retired_group);
             if !retired && is_macvlan_of(&existing, parent_index, mac) {
+                // Still up (it carried an address): already configured links keep their IPv6
+                // state, ours never had any since creation sets the mode before it comes up.
                 let update = LinkUnspec::new_with_index(index)
                     .link_group(group)
                     .alias(alias)
@@ -173,15 +178,17 @@ impl Links {
                     .execute()
                     .await
                     .map_err(netlink(format!("adopting link {name}")))?;
-                disable_ipv6(name);
+                self.configure_no_ipv6(index, name).await?;
                 return Ok(index);
             }
             self.delete_unguarded(index).await?;
         }
+        // Created down: the kernel ignores IFLA_AF_SPEC in a create, and a link that comes up
+        // with the default address generation mode starts IPv6 (link-local address, DAD, router
+        // solicitations) at once, from the address's MAC.
         let request = LinkMacVlan::new(name, parent_index, MacVlanMode::Bridge)
             .address(mac.to_vec())
             .link_group(group)
-            .up()
             .build();
         self.handle
             .link()
@@ -203,8 +210,37 @@ impl Links {
             .execute()
             .await
             .map_err(netlink(format!("setting the alias of link {name}")))?;
-        disable_ipv6(name);
+        self.configure_no_ipv6(index, name).await?;
+        // Up only now: do_setlink applies IFF_UP before IFLA_AF_SPEC, so the mode and the flag
+        // in one request would still let addrconf start on the link.
+        let up = LinkUnspec::new_with_index(index).up().build();
+        self.handle
+            .link()
+            .change(up)
+            .execute()
+            .await
+            .map_err(netlink(format!("setting link {name} up")))?;
         Ok(index)
+    }
+
+    /// Sets the link's IPv6 address generation mode to none (IFLA_AF_SPEC / AF_INET6 /
+    /// IFLA_INET6_ADDR_GEN_MODE): no link-local address, so no DAD, no router solicitation and
+    /// no MLD report for a solicited-node group ever leave with the address's MAC. Through
+    /// rtnetlink rather than `/proc/sys/net/ipv6/conf/<link>/disable_ipv6`, which is read-only
+    /// in a container. A kernel without IPv6 answers EAFNOSUPPORT: nothing to turn off.
+    async fn configure_no_ipv6(&self, index: u32, name: &str) -> Result<(), LinkError> {
+        let request = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(no_ipv6_addresses())
+            .build();
+        match self.handle.link().change(request).execute().await {
+            Err(e) if errno_of(&e) == Some(libc::EAFNOSUPPORT) => {
+                tracing::debug!(link = name, "no IPv6 in this kernel: nothing to turn off");
+                Ok(())
+            }
+            other => other.map_err(netlink(format!(
+                "turning off IPv6 address generation on link {name}"
+            ))),
+        }
     }
 
     async fn assign_ip_unguarded(
@@ -447,14 +483,11 @@ fn owned_link(message: &LinkMessage) -> OwnedLink {
     link
 }
 
-/// IPv6 on a macvlan only adds router solicitations and DAD noise on the parent's network. The
-/// sysctl path resolves in the calling thread's network namespace. Best effort: the knob is
-/// missing when IPv6 is disabled or absent.
-fn disable_ipv6(name: &str) {
-    let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
-    if let Err(e) = std::fs::write(&path, "1") {
-        tracing::debug!(%path, error = %e, "could not disable IPv6");
-    }
+/// IFLA_AF_SPEC { AF_INET6 { IFLA_INET6_ADDR_GEN_MODE = none } }.
+fn no_ipv6_addresses() -> LinkAttribute {
+    LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
+        In6AddrGenMode::None,
+    )])])
 }
 
 #[cfg(test)]
