@@ -1,6 +1,8 @@
 //! dhcpmanager-apiserver: the original dhcpmanager's `/v1` REST API over a pluggable [`Backend`],
 //! mirrored into etcd in the original's key layout.
 
+#![forbid(unsafe_code)]
+
 pub mod backend;
 pub mod config;
 pub mod engine_metrics;
@@ -11,5 +13,5 @@ pub mod original_json;
 
 pub use backend::{Backend, BackendError};
 pub use config::Config;
-pub use dhcpmanager_engine::dhcp::MacAddr;
+pub use dhcpmanager_dhcp_core::MacAddr;
 pub use error::Error;

@@ -1,5 +1,7 @@
 //! dhcpmanager-apiserver: serves the original's /v1 API over the Kubernetes or standalone backend.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;

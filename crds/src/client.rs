@@ -67,6 +67,7 @@ mod tests {
     use super::*;
 
     /// TCP_NODELAY of this process's TCP socket bound to `local` (a client's end), if found.
+    #[allow(unsafe_code)]
     fn nodelay_of_socket_at(local: SocketAddr) -> Option<bool> {
         for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
             let Ok(fd) = entry.file_name().to_string_lossy().parse::<libc::c_int>() else {

@@ -1,16 +1,11 @@
 //! `DhcpAddress`: one service address obtained from the site's DHCP server.
 
+use dhcpmanager_dhcp_core::RESERVED_OPTION_CODES;
 use kube::{CustomResource, KubeSchema, ResourceExt};
 use serde::{Deserialize, Serialize};
 
 use crate::dhcp_address_status::DhcpAddressStatus;
 use crate::patterns;
-
-/// DHCP options the agent writes itself: a user-supplied copy would contradict the protocol
-/// engine (message type, server id, parameter list, client id, hostname, requested address,
-/// lease time, maximum message size, vendor class, overload). Pad (0) and end (255) are
-/// excluded by the 1..=254 range.
-pub const RESERVED_OPTION_CODES: [u8; 10] = [12, 50, 51, 52, 53, 54, 55, 57, 60, 61];
 
 /// What the user wants: an address from the DHCP server, held for as long as this object exists.
 ///
@@ -194,7 +189,8 @@ pub fn hostname_for_service(service: &str) -> String {
     }
 }
 
-/// The CEL rule keeping users off the options in [`RESERVED_OPTION_CODES`].
+/// The CEL rule keeping users off the options in [`RESERVED_OPTION_CODES`] (the engine writes
+/// them itself; the list says why each). Pad (0) and end (255) are kept out by the 1..=254 range.
 fn reserved_option_rule() -> kube::core::Rule {
     let codes = RESERVED_OPTION_CODES
         .map(|code| code.to_string())

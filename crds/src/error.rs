@@ -4,10 +4,8 @@ use thiserror::Error;
 /// phase names.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum Error {
-    #[error(
-        "invalid MAC address {0:?}: expected six hex octets separated by ':' (aa:bb:cc:dd:ee:ff)"
-    )]
-    InvalidMac(String),
+    #[error(transparent)]
+    InvalidMac(#[from] dhcpmanager_dhcp_core::MacError),
 
     #[error(
         "MAC range starting at {start} must be unicast (multicast bit clear in the first octet)"

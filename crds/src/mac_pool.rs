@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::mac::MacAddr;
 use crate::{Error, patterns};
+use dhcpmanager_dhcp_core::MacAddr;
 
 /// The most MACs one range (and one whole pool) may expand to: far more than any site leases,
 /// small enough that expanding a pool in memory is cheap.
@@ -274,10 +274,10 @@ mod tests {
                 start: "03:00:00:00:00:00".into()
             })
         );
-        assert_eq!(
+        assert!(matches!(
             range("nonsense", 1).macs().err(),
-            Some(Error::InvalidMac("nonsense".into()))
-        );
+            Some(Error::InvalidMac(error)) if error.input == "nonsense"
+        ));
     }
 
     #[test]
@@ -353,10 +353,10 @@ mod tests {
     #[test]
     fn a_bad_explicit_mac_fails_the_expansion() {
         let pool = pool(&["02:00:00:00:00"], vec![], &[]);
-        assert_eq!(
+        assert!(matches!(
             pool.all_macs(),
-            Err(Error::InvalidMac("02:00:00:00:00".into()))
-        );
+            Err(Error::InvalidMac(error)) if error.input == "02:00:00:00:00"
+        ));
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! - [`manager`]: many clients at once: rate limit, renewals, link lifetime, counters;
 //! - [`state_file`] and [`config`]: a lease record on disk, the original's configuration file.
 
+// Unsafe code only where the kernel is: the socket and namespace modules of `net` allow it, and
+// each block there says why it is sound.
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod config;
 pub mod dhcp;
 pub mod error;

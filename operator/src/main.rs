@@ -1,3 +1,5 @@
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 use dhcpmanager_operator::cli::{Cli, Command, lease, load_config};
 use tracing_subscriber::EnvFilter;

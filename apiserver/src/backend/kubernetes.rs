@@ -350,10 +350,6 @@ fn unavailable(action: &str, error: kube::Error) -> BackendError {
     BackendError::Unavailable(format!("{action}: {error}"))
 }
 
-fn to_api_mac(mac: dhcpmanager_crds::MacAddr) -> MacAddr {
-    MacAddr(mac.octets())
-}
-
 impl Backend for KubernetesBackend {
     fn allocate(
         &self,
@@ -414,7 +410,7 @@ impl Backend for KubernetesBackend {
                 .map_err(|e| unavailable("reading the MacPool", e))?;
             let available_macs = match pool.map(|p| p.free_macs()) {
                 None => Vec::new(),
-                Some(Ok(free)) => free.into_iter().map(to_api_mac).collect(),
+                Some(Ok(free)) => free.into_iter().collect(),
                 Some(Err(error)) => {
                     tracing::warn!(pool = self.options.mac_pool, %error, "invalid MacPool");
                     Vec::new()

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use chrono::Utc;
-use dhcpmanager_engine::dhcp::{ClientConfig, ClientIdMode, LeaseRecord, MacAddr as WireMac};
+use dhcpmanager_engine::dhcp::{ClientConfig, ClientIdMode, LeaseRecord};
 use dhcpmanager_engine::manager::{
     AddressSpec, LeaseManager, ManagerConfig, PersistFn, wait_bound,
 };
@@ -63,7 +63,7 @@ pub struct RequestSettings {
 
 impl Default for RequestSettings {
     fn default() -> Self {
-        let defaults = ClientConfig::new(WireMac([2, 0, 0, 0, 0, 0]));
+        let defaults = ClientConfig::new(MacAddr([2, 0, 0, 0, 0, 0]));
         RequestSettings {
             client_id: defaults.client_id,
             vendor_class: defaults.vendor_class,
@@ -290,7 +290,7 @@ impl Shared {
 
 impl Core {
     fn spec(&self, stored: &StoredAllocation) -> AddressSpec {
-        let mut client = ClientConfig::new(WireMac(stored.mac.0));
+        let mut client = ClientConfig::new(stored.mac);
         client.hostname = Some(stored.hostname.clone());
         client.client_id = self.options.request.client_id.clone();
         client.vendor_class = self.options.request.vendor_class.clone();

@@ -5,11 +5,8 @@ use thiserror::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum Error {
-    #[error("invalid MAC address {input:?}: {problem}")]
-    InvalidMac {
-        input: String,
-        problem: &'static str,
-    },
+    #[error(transparent)]
+    InvalidMac(#[from] dhcpmanager_dhcp_core::MacError),
     #[error("invalid hex string {input:?}: {problem}")]
     InvalidHex {
         input: String,

@@ -2,14 +2,13 @@
 
 use dhcproto::v4::{DhcpOption, OptionCode, UnknownOption};
 
+use dhcpmanager_dhcp_core::is_user_settable;
+
 use super::config::{ClientConfig, ClientIdMode};
 use super::mac::MacAddr;
 
 /// Option 57: the largest message we accept. 1500 fits an untagged Ethernet frame.
 pub const MAX_MESSAGE_SIZE: u16 = 1500;
-
-/// Option codes the exchange itself owns; `extra_options` may not override them.
-const PROTOCOL_OWNED_CODES: [u8; 7] = [0, 50, 52, 53, 54, 61, 255];
 
 /// Option 61 for this MAC in the given mode.
 pub fn client_id_bytes(mode: &ClientIdMode, mac: MacAddr) -> Vec<u8> {
@@ -78,8 +77,12 @@ pub fn negotiation_options(cfg: &ClientConfig) -> Vec<DhcpOption> {
             .collect(),
     ));
     options.push(DhcpOption::MaxMessageSize(MAX_MESSAGE_SIZE));
+    // The codes the engine writes itself are dropped (the API refuses them before they get
+    // here; see RESERVED_OPTION_CODES for why each is reserved), and so is an option 81 when the
+    // client has its own FQDN setting: options are keyed by code, a later one would replace it.
+    let own_fqdn = cfg.fqdn.is_some();
     for (code, data) in &cfg.extra_options {
-        if !PROTOCOL_OWNED_CODES.contains(code) {
+        if is_user_settable(*code) && !(own_fqdn && *code == u8::from(OptionCode::ClientFQDN)) {
             options.push(unknown((*code).into(), data.clone()));
         }
     }
@@ -133,20 +136,51 @@ mod tests {
     }
 
     #[test]
-    fn negotiation_options_skip_protocol_owned_extras() {
+    fn negotiation_options_skip_the_extras_dhcpmanager_writes_itself() {
         let mut cfg = ClientConfig::new(MAC);
         cfg.hostname = Some("web.default".into());
         cfg.vendor_class = Some("dhcpmanager".into());
         cfg.extra_options = vec![
             (53, vec![1]),
             (54, vec![1, 2, 3, 4]),
+            (12, b"other".to_vec()),
+            (55, vec![1]),
+            (60, b"other".to_vec()),
+            (0, vec![]),
+            (255, vec![]),
             (77, b"user".to_vec()),
+            (81, vec![5, 0, 0]),
         ];
         let options = negotiation_options(&cfg);
         let codes: Vec<u8> = options
             .iter()
             .map(|o| u8::from(OptionCode::from(o)))
             .collect();
-        assert_eq!(codes, vec![61, 12, 60, 55, 57, 77]);
+        assert_eq!(codes, vec![61, 12, 60, 55, 57, 77, 81]);
+        let hostname = options.iter().find_map(|option| match option {
+            DhcpOption::Hostname(name) => Some(name.as_str()),
+            _ => None,
+        });
+        assert_eq!(hostname, Some("web.default"));
+    }
+
+    #[test]
+    fn an_own_fqdn_wins_over_an_extra_option_81() {
+        let mut cfg = ClientConfig::new(MAC);
+        cfg.fqdn = Some("web.example.org".into());
+        cfg.extra_options = vec![(81, vec![5, 0, 0])];
+        let fqdn_bodies: Vec<Vec<u8>> = negotiation_options(&cfg)
+            .into_iter()
+            .filter_map(|option| match option {
+                DhcpOption::Unknown(unknown) if u8::from(unknown.code()) == 81 => {
+                    Some(unknown.data().to_vec())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            fqdn_bodies,
+            vec![fqdn_option_body("web.example.org").unwrap()]
+        );
     }
 }

@@ -3,11 +3,16 @@
 //! `frame` and `bpf` are pure; `packet_socket`, `arp` and `links` are the edges that talk to
 //! the kernel, always in the network namespace of the calling thread.
 
+// The modules that call into the kernel through libc or register raw descriptors; the rest of
+// the engine denies unsafe code.
+#[allow(unsafe_code)]
 pub mod arp;
 pub mod bpf;
 pub mod frame;
 pub mod links;
+#[allow(unsafe_code)]
 pub mod netns;
+#[allow(unsafe_code)]
 pub mod packet_socket;
 
 pub use arp::{ProbeTiming, probe};

@@ -200,7 +200,7 @@ fn recv_with_status(
     fd: RawFd,
     buf: &mut [u8],
 ) -> io::Result<(usize, libc::sockaddr_ll, UdpChecksum)> {
-    // SAFETY: sockaddr_ll and msghdr are plain old data; all-zero is a valid value.
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
     let mut from: libc::sockaddr_ll = unsafe { mem::zeroed() };
     // u64 elements keep the control buffer aligned for cmsghdr.
     let mut control = [0u64; 8];
@@ -208,6 +208,7 @@ fn recv_with_status(
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
+    // SAFETY: msghdr is plain old data; all-zero (null pointers, zero lengths) is a valid value.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     msg.msg_name = (&raw mut from).cast();
     msg.msg_namelen = mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;

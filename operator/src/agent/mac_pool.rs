@@ -40,7 +40,6 @@ pub async fn allocate(
             pool: pool.to_string(),
             problem: e.to_string(),
         })?;
-        let free = free.into_iter().map(|mac| MacAddr(mac.octets()));
         let Some(mac) = choose(free, &busy) else {
             return Err(Error::PoolExhausted(pool.to_string()));
         };

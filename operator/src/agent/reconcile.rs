@@ -176,7 +176,7 @@ async fn resolve_mac(
     if let Some(mac) = address.spec.mac.as_deref() {
         return Ok((
             mac.parse()
-                .map_err(|e: dhcpmanager_engine::dhcp::Error| invalid(e.to_string()))?,
+                .map_err(|e: dhcpmanager_dhcp_core::MacError| invalid(e.to_string()))?,
             None,
         ));
     }

@@ -17,6 +17,7 @@ use serde_json::json;
 use dhcpmanager_crds::hostname_for_service;
 
 use crate::error::Error;
+use dhcpmanager_dhcp_core::{RESERVED_OPTION_CODES, is_user_settable};
 use dhcpmanager_engine::dhcp::{ClientConfig, ClientIdMode, LeaseRecord, MacAddr};
 use dhcpmanager_engine::manager::{
     AddressSpec, LeaseManager, ManagerConfig, PersistFn, wait_bound,
@@ -99,6 +100,13 @@ fn parse_option(text: &str) -> Result<(u8, Vec<u8>), String> {
         .ok()
         .filter(|c| (1..=254).contains(c))
         .ok_or_else(|| format!("{code:?}: option code must be 1..254"))?;
+    if !is_user_settable(code) {
+        let reserved = RESERVED_OPTION_CODES.map(|c| c.to_string()).join(", ");
+        return Err(format!(
+            "option {code} is written by dhcpmanager itself (reserved: {reserved}); \
+             use --hostname, --vendor-class or --client-id where one applies"
+        ));
+    }
     let value = hex::decode(value).map_err(|e| format!("{value:?}: {e}"))?;
     Ok((code, value))
 }
@@ -265,4 +273,23 @@ fn persist_to(path: Option<PathBuf>) -> PersistFn {
             tracing::error!(%error, "could not persist the lease record");
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_option;
+
+    #[test]
+    fn an_extra_option_is_a_settable_code_and_hex() {
+        assert_eq!(parse_option("77=6b38"), Ok((77, b"k8".to_vec())));
+        assert_eq!(parse_option("81=050000"), Ok((81, vec![5, 0, 0])));
+        for refused in ["0=00", "255=00", "x=00", "77", "77=zz"] {
+            assert!(parse_option(refused).is_err(), "{refused}");
+        }
+        let reserved = parse_option("60=6b38").unwrap_err();
+        assert!(
+            reserved.contains("option 60 is written by dhcpmanager"),
+            "{reserved}"
+        );
+    }
 }

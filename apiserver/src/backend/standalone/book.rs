@@ -410,7 +410,6 @@ fn lease_info(record: &LeaseRecord) -> LeaseInfo {
 mod tests {
     use super::*;
     use chrono::TimeDelta;
-    use dhcpmanager_engine::dhcp::MacAddr as WireMac;
 
     fn mac(last: u8) -> MacAddr {
         MacAddr([2, 0x77, 0, 0, 0, last])
@@ -424,7 +423,7 @@ mod tests {
             routers: vec![Ipv4Addr::new(10, 77, 0, 1)],
             dns: vec![],
             domain_name: None,
-            mac: WireMac(mac.0),
+            mac,
             client_id: "ff".into(),
             hostname: Some("web.default".into()),
             server_id: Ipv4Addr::new(10, 77, 0, 1),

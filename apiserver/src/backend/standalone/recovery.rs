@@ -42,7 +42,7 @@ pub fn plan(loaded: Vec<StoredAllocation>, now: DateTime<Utc>) -> RecoveryPlan {
         let valid_lease = allocation
             .record
             .as_ref()
-            .is_some_and(|r| r.is_valid_at(now) && r.mac.octets() == allocation.mac.0);
+            .is_some_and(|r| r.is_valid_at(now) && r.mac == allocation.mac);
         if let Some(holder) = resumed_macs.get(&allocation.mac) {
             // Releasing would end the lease of the allocation that holds this MAC now.
             let reason = format!("its MAC {} is used by {holder}", allocation.mac);
@@ -62,7 +62,7 @@ pub fn plan(loaded: Vec<StoredAllocation>, now: DateTime<Utc>) -> RecoveryPlan {
 mod tests {
     use super::*;
     use chrono::TimeDelta;
-    use dhcpmanager_engine::dhcp::{LeaseRecord, MacAddr as WireMac};
+    use dhcpmanager_engine::dhcp::LeaseRecord;
     use std::net::Ipv4Addr;
 
     fn allocation(id: &str, mac: u8, phase: Phase, expires_in: Option<i64>) -> StoredAllocation {
@@ -81,7 +81,7 @@ mod tests {
                 routers: vec![],
                 dns: vec![],
                 domain_name: None,
-                mac: WireMac(mac.0),
+                mac,
                 client_id: "ff".into(),
                 hostname: None,
                 server_id: Ipv4Addr::new(10, 77, 0, 1),

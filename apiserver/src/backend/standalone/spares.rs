@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use dhcpmanager_engine::dhcp::MacAddr as WireMac;
 use dhcpmanager_engine::manager::PreparedLink;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, warn};
@@ -93,8 +92,7 @@ impl Core {
     async fn prepare_spare(self: Arc<Self>, id: String, mac: MacAddr) {
         // The record file too, so the POST that takes the spare confirms with one overwrite.
         let (prepared, reserved) = tokio::join!(
-            self.manager
-                .prepare(&id, &self.options.parent, WireMac(mac.0)),
+            self.manager.prepare(&id, &self.options.parent, mac),
             written(self.shared.writer.reserve(&id))
         );
         let link = match (prepared, reserved) {
