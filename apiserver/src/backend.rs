@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
 use crate::MacAddr;
-use crate::engine_metrics::EngineMetrics;
+use dhcpmanager_engine::metrics::EngineMetrics;
 
 pub trait Backend: Send + Sync + 'static {
     /// Obtain a new address for `service` ("namespace/name"), bound before `deadline`.

@@ -5,7 +5,6 @@
 
 pub mod backend;
 pub mod config;
-pub mod engine_metrics;
 pub mod error;
 pub mod etcd_mirror;
 pub mod http;

@@ -3,6 +3,7 @@
 //! - [`dhcp`]: the RFC 2131 client state machine and message codec, pure (no I/O, injected clock);
 //! - [`net`]: the kernel at the edges: packet sockets, frames, macvlan links over rtnetlink;
 //! - [`manager`]: many clients at once: rate limit, renewals, link lifetime, counters;
+//! - [`metrics`]: the engine's figures as Prometheus metrics, one set of names for both front ends;
 //! - [`state_file`] and [`config`]: a lease record on disk, the original's configuration file.
 
 // Unsafe code only where the kernel is: the socket and namespace modules of `net` allow it, and
@@ -16,6 +17,7 @@ pub mod error;
 #[cfg(any(test, feature = "test-support"))]
 pub mod fixtures;
 pub mod manager;
+pub mod metrics;
 pub mod net;
 pub mod state_file;
 

@@ -850,7 +850,11 @@ fn chart_ships_the_dashboard_unchanged() {
 fn dashboard_uses_the_metric_names_the_binaries_export() {
     let exprs = expressions(&dashboard());
     assert!(exprs.len() >= 10, "{exprs:?}");
-    let agent = std::fs::read_to_string(repo_root().join("operator/src/agent/metrics.rs")).unwrap();
+    // The agent registers its own metrics and the engine's (one set of names for both front
+    // ends, also on the standalone apiserver).
+    let agent = ["operator/src/agent/metrics.rs", "engine/src/metrics.rs"]
+        .map(|path| std::fs::read_to_string(repo_root().join(path)).unwrap())
+        .concat();
     let api = std::fs::read_to_string(repo_root().join("apiserver/src/http/metrics.rs")).unwrap();
     let counters = [
         "renewals",
@@ -896,7 +900,8 @@ fn dashboard_uses_the_metric_names_the_binaries_export() {
             };
             assert!(
                 agent.contains(&format!("\"{registered}\"")),
-                "{name}: {registered} is not registered in operator/src/agent/metrics.rs"
+                "{name}: {registered} is not registered in operator/src/agent/metrics.rs \
+                 or engine/src/metrics.rs"
             );
             used.insert(registered.to_string());
         }

@@ -34,6 +34,7 @@ use dhcpmanager_engine::dhcp::{ClientConfig, ClientIdMode, LeaseRecord};
 use dhcpmanager_engine::manager::{
     AddressSpec, LeaseManager, ManagerConfig, PersistFn, wait_bound,
 };
+use dhcpmanager_engine::metrics::{EngineMetrics, IpChanges};
 use futures::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
 use tokio::runtime::Handle;
@@ -43,7 +44,6 @@ use tracing::{error, info, warn};
 use super::{Allocation, AllocationState, Backend, BackendError, StatusSnapshot};
 use crate::MacAddr;
 use crate::config::Config;
-use crate::engine_metrics::EngineMetrics;
 use book::{Begun, Book, RecordChange, to_api};
 use spares::SpareLinks;
 use store::{Phase, SkippedFile, Store, StoreError, StoredAllocation};
@@ -184,7 +184,10 @@ impl StandaloneBackend {
         };
         let manager = LeaseManager::new(options.manager.clone(), persist)?;
         // Before recovery, so that the resumed clients' renewals count too.
-        let engine_metrics = EngineMetrics::spawn(manager.clone(), shared.ip_changes.clone());
+        let engine_metrics = EngineMetrics::spawn(
+            manager.clone(),
+            IpChanges::CountedBy(shared.ip_changes.clone()),
+        );
         let core = Arc::new(Core {
             shared,
             manager,

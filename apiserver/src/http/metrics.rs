@@ -1,4 +1,6 @@
-//! Prometheus metrics of the API: requests by route/method/status, allocation latency by outcome.
+//! Prometheus metrics of the API (requests by route/method/status, allocation latency by outcome,
+//! as `dhcpmanager_apiserver_*`) and, with the standalone backend, the engine's (the agent's
+//! names, `dhcpmanager_*`: [`EngineMetrics`]).
 
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::engine_metrics::EngineMetrics;
+use dhcpmanager_engine::metrics::EngineMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -46,16 +48,59 @@ impl Default for Metrics {
     }
 }
 
+/// The standalone apiserver's 0.1 names of the engine metrics (after `dhcpmanager_apiserver_`)
+/// and the name each became (after `dhcpmanager_`). Until 0.2 both are served, the old ones
+/// marked deprecated in their help (docs/metrics.md).
+pub const RENAMED_ENGINE_METRICS: [(&str, &str); 8] = [
+    ("renewals", "renewals"),
+    ("naks", "naks"),
+    ("lease_expirations", "lease_expirations"),
+    ("ip_changes", "ip_changes"),
+    ("dhcp_packets_sent", "packets_sent"),
+    ("dhcp_packets_received", "packets_received"),
+    ("dhcp_replies_rejected", "replies_rejected"),
+    ("dhcp_clients", "dhcp_clients"),
+];
+
+/// The same series under the pre-0.2 names, so dashboards and alerts keep working for a release.
+fn register_deprecated_names(engine: &EngineMetrics, api: &mut Registry) {
+    let deprecated = |old: &str, new: &str| {
+        format!(
+            "Deprecated: renamed to dhcpmanager_{new} (the agent's name); \
+             dhcpmanager_apiserver_{old} is removed in 0.2"
+        )
+    };
+    let renamed = |name: &str| {
+        RENAMED_ENGINE_METRICS
+            .iter()
+            .find(|(_, new)| *new == name)
+            .map(|(old, _)| *old)
+    };
+    for (name, _, counter) in engine.counters() {
+        if let Some(old) = renamed(name) {
+            api.register(old, deprecated(old, name), counter.clone());
+        }
+    }
+    let (name, _, gauge) = engine.clients();
+    if let Some(old) = renamed(name) {
+        api.register(old, deprecated(old, name), gauge.clone());
+    }
+}
+
 impl Metrics {
     /// The API's own metrics, and the engine's when the backend runs one.
     pub fn new(engine: Option<std::sync::Arc<EngineMetrics>>) -> Self {
-        let mut registry = Registry::with_prefix("dhcpmanager_apiserver");
+        let mut registry = Registry::with_prefix("dhcpmanager");
+        if let Some(engine) = &engine {
+            engine.register(&mut registry);
+        }
+        let api = registry.sub_registry_with_prefix("apiserver");
         let requests = Family::<RequestLabels, Counter>::default();
         let allocation_seconds = Family::<OutcomeLabels, Histogram>::new_with_constructor(
             allocation_histogram as fn() -> Histogram,
         );
-        registry.register("http_requests", "HTTP requests answered", requests.clone());
-        registry.register(
+        api.register("http_requests", "HTTP requests answered", requests.clone());
+        api.register(
             "allocation_duration_seconds",
             "Time POST /v1/ip took to bind an address (or give up), by outcome",
             allocation_seconds.clone(),
@@ -71,7 +116,7 @@ impl Metrics {
             });
         }
         if let Some(engine) = &engine {
-            engine.register(&mut registry);
+            register_deprecated_names(engine, api);
         }
         Metrics {
             registry,
@@ -128,4 +173,54 @@ pub async fn count_requests(
             .inc();
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use dhcpmanager_engine::manager::{LeaseManager, ManagerConfig};
+    use dhcpmanager_engine::metrics::{EngineMetrics, IpChanges};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn engine_metrics_carry_the_agents_names_and_the_old_ones_until_0_2() {
+        let manager = LeaseManager::new(ManagerConfig::default(), Arc::new(|_, _| {})).unwrap();
+        let ip_changes = Counter::default();
+        ip_changes.inc();
+        let engine = EngineMetrics::spawn(manager, IpChanges::CountedBy(ip_changes));
+        let text = Metrics::new(Some(engine)).encode();
+        for (old, new) in RENAMED_ENGINE_METRICS {
+            let suffix = if new == "dhcp_clients" { "" } else { "_total" };
+            let new_series = format!("\ndhcpmanager_{new}{suffix} ");
+            let old_series = format!("\ndhcpmanager_apiserver_{old}{suffix} ");
+            assert!(text.contains(&new_series), "{new_series:?} in\n{text}");
+            assert!(text.contains(&old_series), "{old_series:?} in\n{text}");
+        }
+        assert!(
+            text.contains("\ndhcpmanager_ip_changes_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\ndhcpmanager_apiserver_ip_changes_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "# HELP dhcpmanager_apiserver_naks Deprecated: renamed to dhcpmanager_naks"
+            )
+        );
+        assert!(
+            text.contains("# TYPE dhcpmanager_apiserver_allocation_duration_seconds histogram"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn without_an_engine_only_the_apis_own_metrics() {
+        let text = Metrics::new(None).encode();
+        assert!(text.contains("dhcpmanager_apiserver_allocation_duration_seconds"));
+        assert!(!text.contains("renewals"), "{text}");
+    }
 }

@@ -20,11 +20,13 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tower_test::mock::{self, Handle, SendResponse};
 
+use super::metrics::Metrics;
 use super::ownership::{Ownership, OwnershipConfig};
 use super::reconcile::FINALIZER;
 use super::status_writer::StatusWriter;
 use super::{Context, Settings};
 use dhcpmanager_engine::manager::{LeaseManager, ManagerConfig};
+use dhcpmanager_engine::metrics::{EngineMetrics, IpChanges};
 
 pub const NAMESPACE: &str = "shop";
 pub const NAME: &str = "web";
@@ -154,12 +156,13 @@ impl Context {
         ownership: Arc<Ownership>,
         settings: Settings,
     ) -> Self {
+        let engine = EngineMetrics::spawn(manager.clone(), IpChanges::FromEvents);
         Context {
             client: client.clone(),
             manager,
             ownership,
             settings,
-            metrics: Arc::default(),
+            metrics: Arc::new(Metrics::new(engine)),
             status_writer: StatusWriter::spawn(client.clone()),
             recorder: kube::runtime::events::Recorder::new(
                 client,

@@ -1,5 +1,6 @@
 //! The agent's Prometheus metrics and its /metrics, /healthz and /readyz endpoints.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
@@ -12,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use dhcpmanager_engine::manager::{LeaseManager, PacketCounters};
+use dhcpmanager_engine::metrics::EngineMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabel {
@@ -34,30 +35,25 @@ pub struct Metrics {
     registry: Registry,
     pub addresses: Family<PhaseLabel, Gauge>,
     pub time_to_bound: Histogram,
-    pub renewals: Counter,
-    pub naks: Counter,
-    pub expirations: Counter,
-    pub ip_changes: Counter,
     pub failures: Family<ErrorLabel, Counter>,
     pub lease_expiry: Family<AddressLabel, Gauge>,
-    packets: PacketCounters,
+    /// Renewals, NAKs, expiries, IP changes, packets, clients: the engine's own type and names,
+    /// the same as on the standalone apiserver.
+    engine: Arc<EngineMetrics>,
     pub ready: AtomicBool,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+impl Metrics {
+    /// The agent's metrics, with `engine`'s registered beside them.
+    pub fn new(engine: Arc<EngineMetrics>) -> Self {
         let mut registry = Registry::with_prefix("dhcpmanager");
         let metrics = Metrics {
             addresses: Family::default(),
             // 1 ms .. ~33 s
             time_to_bound: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
-            renewals: Counter::default(),
-            naks: Counter::default(),
-            expirations: Counter::default(),
-            ip_changes: Counter::default(),
             failures: Family::default(),
             lease_expiry: Family::default(),
-            packets: PacketCounters::default(),
+            engine,
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -72,22 +68,6 @@ impl Default for Metrics {
             metrics.time_to_bound.clone(),
         );
         registry.register(
-            "renewals",
-            "Leases extended by the server (RENEWING, REBINDING or INIT-REBOOT)",
-            metrics.renewals.clone(),
-        );
-        registry.register("naks", "DHCPNAKs received", metrics.naks.clone());
-        registry.register(
-            "lease_expirations",
-            "Leases that ran out before they could be extended",
-            metrics.expirations.clone(),
-        );
-        registry.register(
-            "ip_changes",
-            "Addresses whose IP changed (after a NAK or an expiry)",
-            metrics.ip_changes.clone(),
-        );
-        registry.register(
             "failures",
             "Reconcile failures by error",
             metrics.failures.clone(),
@@ -97,21 +77,7 @@ impl Default for Metrics {
             "When each held lease expires (Unix time)",
             metrics.lease_expiry.clone(),
         );
-        registry.register(
-            "packets_sent",
-            "DHCP messages sent",
-            metrics.packets.sent.clone(),
-        );
-        registry.register(
-            "packets_received",
-            "DHCP replies received for our MACs",
-            metrics.packets.received.clone(),
-        );
-        registry.register(
-            "replies_rejected",
-            "Replies discarded (wrong xid, client id, malformed...)",
-            metrics.packets.rejected.clone(),
-        );
+        metrics.engine.register(&mut registry);
         Metrics {
             registry,
             ..metrics
@@ -140,9 +106,9 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with the engine's packet counters brought up to date first.
-    pub fn render(&self, manager: &LeaseManager) -> String {
-        self.packets.catch_up(manager.counters());
+    /// The text exposition, with the engine's figures brought up to date first.
+    pub fn render(&self) -> String {
+        self.engine.refresh();
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
@@ -152,24 +118,19 @@ impl Metrics {
 /// The server of /metrics, /healthz and /readyz, bound and ready to be spawned.
 pub fn server(
     addr: std::net::SocketAddr,
-    metrics: std::sync::Arc<Metrics>,
-    manager: LeaseManager,
+    metrics: Arc<Metrics>,
 ) -> std::io::Result<actix_web::dev::Server> {
-    let state = web::Data::new((metrics, manager));
+    let state = web::Data::from(metrics);
     HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .route(
                 "/metrics",
-                web::get().to(
-                    |state: web::Data<(std::sync::Arc<Metrics>, LeaseManager)>| async move {
-                        HttpResponse::Ok()
-                            .content_type(
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )
-                            .body(state.0.render(&state.1))
-                    },
-                ),
+                web::get().to(|metrics: web::Data<Metrics>| async move {
+                    HttpResponse::Ok()
+                        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+                        .body(metrics.render())
+                }),
             )
             .route(
                 "/healthz",
@@ -177,16 +138,13 @@ pub fn server(
             )
             .route(
                 "/readyz",
-                web::get().to(
-                    |state: web::Data<(std::sync::Arc<Metrics>, LeaseManager)>| async move {
-                        if state.0.ready.load(Ordering::Relaxed) {
-                            HttpResponse::Ok().body("ready\n")
-                        } else {
-                            HttpResponse::ServiceUnavailable()
-                                .body("not holding the agent Lease yet\n")
-                        }
-                    },
-                ),
+                web::get().to(|metrics: web::Data<Metrics>| async move {
+                    if metrics.ready.load(Ordering::Relaxed) {
+                        HttpResponse::Ok().body("ready\n")
+                    } else {
+                        HttpResponse::ServiceUnavailable().body("not holding the agent Lease yet\n")
+                    }
+                }),
             )
     })
     .workers(1)

@@ -34,6 +34,7 @@ use tracing::{info, warn};
 use crate::error::Error;
 use dhcpmanager_engine::dhcp::{ClientEvent, MacAddr, State};
 use dhcpmanager_engine::manager::{AddressStatus, LeaseManager, ManagerConfig};
+use dhcpmanager_engine::metrics::{EngineMetrics, IpChanges};
 use metrics::{AddressLabel, Metrics};
 use ownership::{Ownership, OwnershipConfig};
 use status::{Observed, status_for};
@@ -251,7 +252,6 @@ impl Context {
                 renewal: true,
                 after_failures,
             } => {
-                self.metrics.renewals.inc();
                 if *after_failures == 0 {
                     return;
                 }
@@ -268,33 +268,24 @@ impl Context {
                 server,
                 message,
                 state,
-            } => {
-                self.metrics.naks.inc();
-                (
-                    EventType::Warning,
-                    "Nak",
-                    format!(
-                        "server {server} refused the address while {state}: {}",
-                        message.as_deref().unwrap_or("no message")
-                    ),
-                )
-            }
-            ClientEvent::IpChanged { old, new } => {
-                self.metrics.ip_changes.inc();
-                (
-                    EventType::Warning,
-                    "IpChanged",
-                    format!("the address changed from {old} to {new}"),
-                )
-            }
-            ClientEvent::Expired { ip } => {
-                self.metrics.expirations.inc();
-                (
-                    EventType::Warning,
-                    "Expired",
-                    format!("the lease of {ip} ran out; looking for a new one"),
-                )
-            }
+            } => (
+                EventType::Warning,
+                "Nak",
+                format!(
+                    "server {server} refused the address while {state}: {}",
+                    message.as_deref().unwrap_or("no message")
+                ),
+            ),
+            ClientEvent::IpChanged { old, new } => (
+                EventType::Warning,
+                "IpChanged",
+                format!("the address changed from {old} to {new}"),
+            ),
+            ClientEvent::Expired { ip } => (
+                EventType::Warning,
+                "Expired",
+                format!("the lease of {ip} ran out; looking for a new one"),
+            ),
             ClientEvent::Released { ip } => (
                 EventType::Normal,
                 "Released",
@@ -390,7 +381,10 @@ pub async fn run(args: AgentArgs, config: dhcpmanager_engine::config::Config) ->
         },
         Api::namespaced(client.clone(), &args.namespace),
     ));
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(EngineMetrics::spawn(
+        manager.clone(),
+        IpChanges::FromEvents,
+    )));
     let ctx = Arc::new(Context {
         client: client.clone(),
         manager: manager.clone(),
@@ -409,8 +403,8 @@ pub async fn run(args: AgentArgs, config: dhcpmanager_engine::config::Config) ->
         pool_locks: Mutex::default(),
     });
 
-    let metrics_server = metrics::server(args.metrics_addr, metrics.clone(), manager.clone())
-        .map_err(|e| Error::Flag {
+    let metrics_server =
+        metrics::server(args.metrics_addr, metrics.clone()).map_err(|e| Error::Flag {
             flag: "--metrics-addr",
             problem: format!("cannot listen on {}: {e}", args.metrics_addr),
         })?;

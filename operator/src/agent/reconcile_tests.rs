@@ -227,7 +227,7 @@ async fn error_policy_counts_failures_by_error() {
             .get()
     };
     assert_eq!((count("pool_exhausted"), count("contended")), (2, 1));
-    let text = ctx.metrics.render(&ctx.manager);
+    let text = ctx.metrics.render();
     assert!(
         text.contains("dhcpmanager_failures_total{error=\"pool_exhausted\"} 2"),
         "{text}"

@@ -676,7 +676,7 @@ fn renewal_load(addresses: usize, hold: Duration) -> Result<RenewalRun> {
                 timed(addr, "DELETE", format!(r#"{{"ip":"{ip}"}}"#)).await;
             }
             let grew = |name: &str| {
-                let name = format!("dhcpmanager_apiserver_{name}");
+                let name = format!("dhcpmanager_{name}");
                 prometheus::sum_of(&after, &name) - prometheus::sum_of(&before, &name)
             };
             let renewals = grew("renewals_total");
@@ -692,8 +692,8 @@ fn renewal_load(addresses: usize, hold: Duration) -> Result<RenewalRun> {
                 naks: grew("naks_total"),
                 expirations: grew("lease_expirations_total"),
                 ip_changes: grew("ip_changes_total"),
-                packets_sent: grew("dhcp_packets_sent_total"),
-                packets_received: grew("dhcp_packets_received_total"),
+                packets_sent: grew("packets_sent_total"),
+                packets_received: grew("packets_received_total"),
                 cpu_ms: cpu,
                 cpu_ms_per_renewal: cpu / renewals,
                 cpu_percent: cpu / (hold_secs * 1e3) * 100.0,
