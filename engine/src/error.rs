@@ -22,6 +22,11 @@ pub enum Error {
     AlreadyRunning(String),
     #[error("a link prepared for {prepared} cannot start {wanted}")]
     PreparedForOther { prepared: String, wanted: String },
+    #[error("address {key:?} refused: {refusal}")]
+    Capacity {
+        key: String,
+        refusal: crate::manager::Refusal,
+    },
     #[error("the address was stopped before it was bound")]
     Stopped,
     #[error("no lease after {}: the client is still {state}{}", humantime::format_duration(*.waited), .last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
@@ -58,6 +63,7 @@ impl Error {
             Error::Socket { .. } => "socket",
             Error::UnknownAddress(_) => "unknown_address",
             Error::AlreadyRunning(_) | Error::PreparedForOther { .. } => "prepared_link",
+            Error::Capacity { .. } => "capacity",
             Error::Stopped => "stopped",
             Error::NoLease { .. } => "no_lease",
             Error::Value(_) => "value",

@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::PersistFn;
 use super::counters::Counters;
-use super::rate_limit::RateLimiter;
+use super::rate_limit::{Priority, RateLimiter};
 use super::spec::{AddressStatus, KeyedEvent};
 use crate::dhcp::{
     Action, Client, ClientEvent, L2Dest, LeaseRecord, MacAddr, ReplyMeta, State, Transmission,
@@ -109,7 +109,12 @@ impl Driver {
         while let Some(action) = queue.pop_front() {
             match action {
                 Action::Send(transmission) => {
-                    self.limiter.acquire().await;
+                    // Renewals (and INIT-REBOOT, release) of a held lease go before new
+                    // addresses' exchanges: adding addresses must never cost one a renewal.
+                    let held = self.client.record().is_some()
+                        || transmission.kind == crate::dhcp::MessageKind::Release;
+                    let priority = if held { Priority::Held } else { Priority::New };
+                    self.limiter.acquire(priority).await;
                     match transmit(&self.socket, &transmission) {
                         Ok(()) => Counters::bump(&self.counters.packets_sent),
                         Err(error) => {

@@ -5,6 +5,7 @@
 //! the standalone apiserver, the `lease` command) do, and hand every lease-record change to the
 //! persistence callback so that a restart resumes from it.
 
+mod capacity;
 mod counters;
 mod driver;
 mod rate_limit;
@@ -20,8 +21,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+pub use capacity::{Capacity, DEFAULT_MAX_ADDRESSES, KernelLimits, Refusal};
 pub use counters::{CounterSnapshot, Counters, PacketCounters};
-pub use rate_limit::{RateLimiter, TokenBucket};
+pub use rate_limit::{Priority, RateLimiter, TokenBucket};
 pub use spec::{AddressSpec, AddressStatus, KeyedEvent};
 
 use crate::dhcp::{Client, LeaseRecord, State};
@@ -53,6 +55,8 @@ pub struct ManagerConfig {
     pub probe_timing: ProbeTiming,
     /// The network namespace of the links and sockets (default: the caller's).
     pub netns: NetNs,
+    /// How many addresses this manager takes on; more are refused (see [`capacity`]).
+    pub capacity: Capacity,
 }
 
 impl Default for ManagerConfig {
@@ -64,6 +68,7 @@ impl Default for ManagerConfig {
             burst: 100,
             probe_timing: ProbeTiming::RFC5227,
             netns: NetNs::current(),
+            capacity: Capacity::default(),
         }
     }
 }
@@ -74,6 +79,8 @@ struct Running {
     task: JoinHandle<()>,
     ifindex: u32,
     mac: crate::dhcp::MacAddr,
+    /// Its place in the capacity, given back when it is removed.
+    _seat: capacity::Seat,
 }
 
 /// Holds leases for many addresses. Cheap to clone; all clones share the same addresses.
@@ -94,6 +101,7 @@ struct Inner {
     /// must not take their links.
     starting: KeySet,
     reaper: Reaper,
+    seats: capacity::Seats,
 }
 
 impl LeaseManager {
@@ -120,6 +128,7 @@ impl LeaseManager {
         Ok(LeaseManager {
             inner: Arc::new(Inner {
                 limiter: Arc::new(RateLimiter::new(config.rate_per_second, config.burst)),
+                seats: capacity::Seats::new(&config.capacity, KernelLimits::read()),
                 config,
                 persist,
                 events,
@@ -143,6 +152,16 @@ impl LeaseManager {
 
     pub fn counters(&self) -> CounterSnapshot {
         self.inner.counters.snapshot()
+    }
+
+    /// The limits in force: (addresses in all, addresses on macvlans per parent).
+    pub fn capacity(&self) -> (usize, usize) {
+        self.inner.seats.limits()
+    }
+
+    /// Addresses that count against the capacity now (running, starting, prepared).
+    pub fn seated(&self) -> usize {
+        self.inner.seats.taken()
     }
 
     /// Starts holding `spec`. With a `record` that is still valid and has the same MAC the client
@@ -175,6 +194,14 @@ impl LeaseManager {
             // Its link has the same name: preparing would adopt the running address's link.
             return Err(Error::AlreadyRunning(key.to_owned()));
         }
+        let seat = self
+            .inner
+            .seats
+            .take(parent, true)
+            .map_err(|refusal| Error::Capacity {
+                key: key.to_owned(),
+                refusal,
+            })?;
         let reserved = Starting::new(self.inner.starting.clone(), key);
         let (name, ifindex) = self.create_link(key, parent, mac).await?;
         match self.open_socket(ifindex, mac) {
@@ -185,6 +212,7 @@ impl LeaseManager {
                 ifindex,
                 socket,
                 _reserved: reserved,
+                seat,
             }),
             Err(error) => {
                 // Leave nothing behind for an address we could not start.
@@ -252,6 +280,7 @@ impl LeaseManager {
             socket,
             mac,
             _reserved,
+            seat,
             ..
         } = link;
         let now = Utc::now();
@@ -312,6 +341,7 @@ impl LeaseManager {
                 task,
                 ifindex,
                 mac,
+                _seat: seat,
             },
         );
         Ok(status_rx)
@@ -488,6 +518,8 @@ pub struct PreparedLink {
     socket: DhcpSocket,
     /// Keeps the orphan sweep away from the link until it runs or is discarded.
     _reserved: Starting,
+    /// Its place in the capacity, taken before the link was made.
+    seat: capacity::Seat,
 }
 
 impl PreparedLink {

@@ -114,9 +114,14 @@ pub fn error_policy(address: Arc<DhcpAddress>, error: &Error, ctx: Arc<Context>)
         .inc();
     // Errors only the user can fix are shown on the object (by its owner only, so that agents
     // never fight over it); the rest are transient and just retried.
+    // A node at capacity is one of them: the address stays Failed with the reason (and is
+    // retried, so it starts once a seat frees) rather than Pending without one.
     let needs_user = matches!(
         error,
-        Error::InvalidAddress { .. } | Error::PoolExhausted(_) | Error::BadPool { .. }
+        Error::InvalidAddress { .. }
+            | Error::PoolExhausted(_)
+            | Error::BadPool { .. }
+            | Error::Engine(dhcpmanager_engine::Error::Capacity { .. })
     );
     let mut status = address.status.clone().unwrap_or_default();
     if needs_user && status.node.as_deref() == Some(ctx.ownership.node()) {

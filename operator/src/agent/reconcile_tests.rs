@@ -252,6 +252,26 @@ async fn error_policy_shows_a_user_fixable_error_on_an_owned_object() {
 }
 
 #[tokio::test]
+async fn error_policy_shows_a_node_at_capacity_as_failed_with_the_reason() {
+    let (ctx, verifier) = test_context();
+    let address = address().finalized().owned_by(ME);
+    let refused = Error::Engine(dhcpmanager_engine::Error::Capacity {
+        key: "default/web".into(),
+        refusal: dhcpmanager_engine::manager::Refusal::Addresses { limit: 3 },
+    });
+    let mut expected = address.status.clone().expect("a status");
+    expected.phase = Some(Phase::Failed);
+    expected.last_error = Some(refused.to_string());
+    expected.observed_generation = Some(1);
+    let server = verifier.run(Scenario::StatusApplied(expected));
+
+    let action = error_policy(Arc::new(address), &refused, ctx.clone());
+    finish(ctx, server).await;
+    assert!(refused.to_string().contains("capacity"), "{refused}");
+    assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+}
+
+#[tokio::test]
 async fn error_policy_writes_nothing_for_transient_errors_or_others_objects() {
     let (ctx, verifier) = test_context();
     let server = verifier.run(Scenario::NoRequests);
