@@ -107,6 +107,13 @@ pub struct DhcpAddressSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assign_to_interface: Option<bool>,
 
+    /// The address to ask for (option 50 in DISCOVER) when no lease is held yet, e.g. the
+    /// address a re-created Service had before. A server that keeps it free offers it; any other
+    /// offer is taken all the same (the server decides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 15))]
+    pub requested_ip: Option<std::net::Ipv4Addr>,
+
     /// Only the agent on this node may hold the lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = patterns::DNS_SUBDOMAIN), length(max = 253))]

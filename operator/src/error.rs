@@ -29,6 +29,8 @@ pub enum Error {
     Flag { flag: &'static str, problem: String },
     #[error("invalid DhcpAddress {address}: {problem}")]
     InvalidAddress { address: String, problem: String },
+    #[error("Service {service}: {problem}")]
+    InvalidService { service: String, problem: String },
 }
 
 impl Error {
@@ -45,6 +47,7 @@ impl Error {
             Error::PoolExhausted(_) => "pool_exhausted",
             Error::Contended(_) => "contended",
             Error::InvalidAddress { .. } => "invalid_address",
+            Error::InvalidService { .. } => "invalid_service",
         }
     }
 }

@@ -6,3 +6,4 @@
 pub mod agent;
 pub mod cli;
 pub mod error;
+pub mod service;

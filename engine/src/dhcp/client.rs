@@ -445,7 +445,12 @@ impl Client {
             u16::try_from((now - self.exchange_started).num_seconds().max(0)).unwrap_or(u16::MAX);
         let form = match (self.state, &self.record, self.offer) {
             (State::Selecting, _, _) => {
-                return Some(message::discover(&self.cfg, self.xid, secs, self.last_ip));
+                return Some(message::discover(
+                    &self.cfg,
+                    self.xid,
+                    secs,
+                    self.last_ip.or(self.cfg.requested_ip),
+                ));
             }
             (State::Requesting, _, Some(offer)) => RequestForm::Selecting {
                 requested: offer.ip,

@@ -1109,3 +1109,41 @@ fn client_can_move_between_threads() {
     assert_send_sync::<Client>();
     assert_send_sync::<Action>();
 }
+
+#[test]
+fn a_requested_ip_goes_into_the_first_discover_and_a_different_offer_is_no_ip_change() {
+    let wanted = Ipv4Addr::new(10, 77, 0, 99);
+    let mut cfg = config();
+    cfg.requested_ip = Some(wanted);
+    let mut client = Client::new(cfg, SEED);
+    let now = t0();
+    let (_, discover) = only_sent(&client.start(now));
+    assert_eq!(requested_ip(&discover), Some(wanted));
+
+    // The server offers something else: taken, and not reported as an IP change.
+    let offer = ReplyBuilder::to(&discover, MessageType::Offer).bytes();
+    let (_, request) = only_sent(&client.on_reply(now, &offer, meta()));
+    assert_eq!(requested_ip(&request), Some(OFFERED_IP));
+    let ack = ReplyBuilder::to(&request, MessageType::Ack)
+        .lease(3600)
+        .bytes();
+    let actions = client.on_reply(now, &ack, meta());
+    assert_eq!(client.state(), State::Bound);
+    assert!(
+        !events(&actions)
+            .iter()
+            .any(|e| matches!(e, ClientEvent::IpChanged { .. })),
+        "{actions:#?}"
+    );
+}
+
+#[test]
+fn the_address_last_held_wins_over_the_requested_ip() {
+    let mut cfg = config();
+    cfg.requested_ip = Some(Ipv4Addr::new(10, 77, 0, 99));
+    let (client, _) = bound(cfg.clone(), 3600);
+    let held = record(&client);
+    let mut client = Client::resume(cfg, held.clone(), held.expires_at, 7);
+    let (_, discover) = only_sent(&client.start(held.expires_at));
+    assert_eq!(requested_ip(&discover), Some(held.ip));
+}

@@ -74,6 +74,9 @@ pub struct ClientConfig {
     /// Sent verbatim in DISCOVER and REQUEST; codes the protocol itself owns (0, 50, 52, 53, 54,
     /// 61, 255) are ignored so a configuration cannot break the exchange.
     pub extra_options: Vec<(u8, Vec<u8>)>,
+    /// Option 50 of the first DISCOVER when no address was held before (a user's wish, e.g. a
+    /// re-created Service's old address); the address last held always takes precedence.
+    pub requested_ip: Option<std::net::Ipv4Addr>,
     /// Ask servers to broadcast replies: needed whenever the offered IP is not on the link.
     pub broadcast_flag: bool,
     /// Whether the leased IP is configured on the link; chooses the RENEW/REBIND/RELEASE forms
@@ -95,6 +98,7 @@ impl ClientConfig {
             vendor_class: None,
             parameter_request_list: DEFAULT_PARAMETER_REQUEST_LIST.to_vec(),
             extra_options: Vec::new(),
+            requested_ip: None,
             broadcast_flag: true,
             ip_assigned: false,
             arp_probe: false,

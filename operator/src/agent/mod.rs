@@ -10,7 +10,7 @@ pub mod status;
 pub mod status_writer;
 
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 #[cfg(test)]
 mod mac_pool_tests;
 #[cfg(test)]
@@ -84,6 +84,14 @@ pub struct AgentArgs {
     /// host's, when the agent runs in the pod network) instead of the agent's own.
     #[arg(long)]
     pub link_netns: Option<std::path::PathBuf>,
+    /// Run the Service controller: LoadBalancer Services of class `dhcpmanager.io/dhcp` get a
+    /// DhcpAddress, and their status shows its IP.
+    #[arg(long)]
+    pub service_controller: bool,
+    /// With the Service controller: also serve LoadBalancer Services that name no class
+    /// (dhcpmanager is the cluster's default load balancer).
+    #[arg(long)]
+    pub default_load_balancer: bool,
     /// Divide every DHCP protocol wait by this factor (tests only).
     #[arg(long, default_value_t = 1.0, hide = true)]
     pub time_scale: f64,
@@ -468,6 +476,18 @@ pub async fn run(args: AgentArgs, config: dhcpmanager_engine::config::Config) ->
         }
     });
 
+    if args.service_controller {
+        tokio::spawn(crate::service::run(
+            client.clone(),
+            ownership.clone(),
+            crate::service::ServiceSettings {
+                default_load_balancer: args.default_load_balancer,
+                resync: args.resync,
+            },
+        ));
+    } else if args.default_load_balancer {
+        warn!("--default-load-balancer has no effect without --service-controller");
+    }
     let trigger = futures::stream::unfold(reconcile_all_rx, |mut rx| async move {
         rx.recv().await.map(|()| ((), rx))
     });

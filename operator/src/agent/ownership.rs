@@ -106,6 +106,22 @@ impl Ownership {
         reference.elapsed() < duration + self.config.takeover_grace
     }
 
+    /// Whether this agent is the coordinator: it holds its own Lease and no live agent it knows
+    /// of has a smaller node name. The coordinator does what no address owner can do yet (the
+    /// Service controller: create a Service's address, warn about a Service it cannot serve).
+    /// Two agents with different views may both think so for a moment; what they do then is
+    /// idempotent or refused by the API server (create of an existing object).
+    pub fn is_coordinator(&self) -> bool {
+        if !self.may_transmit() {
+            return false;
+        }
+        let known: Vec<String> = self.lock().peers.keys().cloned().collect();
+        known
+            .iter()
+            .filter(|node| node.as_str() < self.node())
+            .all(|node| !self.peer_alive(node))
+    }
+
     /// One renewal of our Lease (created if missing). Ok(true) when the API server took it.
     pub async fn renew(&self) -> Result<bool, Error> {
         let name = self.lease_name();

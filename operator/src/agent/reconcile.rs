@@ -266,6 +266,7 @@ fn address_spec(
                 .map_err(|e| invalid(format!("extraOptions[{}].value: {e}", o.code)))
         })
         .collect::<Result<_, _>>()?;
+    client.requested_ip = address.spec.requested_ip;
     client.ip_assigned = address
         .spec
         .assign_to_interface
