@@ -76,6 +76,11 @@ impl Cluster {
     /// A control plane with the CRDs and the agents' namespace, and a lab with no server yet.
     /// The agents run with the least-privilege RBAC of the Helm chart (ServiceAccount token).
     pub fn start() -> Cluster {
+        Self::start_with(&[])
+    }
+
+    /// [`Cluster::start`] with the agents' RBAC rendered with these chart values (`--set`).
+    pub fn start_with(chart_values: &[&str]) -> Cluster {
         let cp = ControlPlane::start();
         let crds = repo_root().join("charts/dhcpmanager/crds");
         cp.try_kubectl(&["apply", "--server-side", "-f", crds.to_str().unwrap()])
@@ -89,7 +94,7 @@ impl Cluster {
             "crd/macpools.dhcpmanager.io",
         ])
         .expect("CRDs established");
-        let agent_kubeconfig = agent_rbac(&cp);
+        let agent_kubeconfig = agent_rbac(&cp, chart_values);
         let lab = Lab::up().expect("lab up");
         Cluster {
             cp,
@@ -249,10 +254,14 @@ impl Drop for Cluster {
 }
 
 /// The agent's ServiceAccount with the chart's RBAC; returns a kubeconfig with its token.
-fn agent_rbac(cp: &ControlPlane) -> PathBuf {
+fn agent_rbac(cp: &ControlPlane, chart_values: &[&str]) -> PathBuf {
     let rbac = repo_root().join("charts/dhcpmanager/templates/rbac-agent.yaml");
     if rbac.exists() {
-        let rendered = crate::chart::render_template("templates/rbac-agent.yaml", AGENT_NAMESPACE);
+        let rendered = crate::chart::render_template_with(
+            "templates/rbac-agent.yaml",
+            AGENT_NAMESPACE,
+            chart_values,
+        );
         cp.apply_yaml(&rendered).expect("agent RBAC applied");
         cp.service_account_kubeconfig(AGENT_NAMESPACE, crate::chart::AGENT_SERVICE_ACCOUNT)
             .expect("agent ServiceAccount kubeconfig")

@@ -263,6 +263,12 @@ fn default_values_render_least_privilege_agent_and_guarded_api() {
     assert_eq!(args[0], "agent");
     assert!(args.contains(&"--config=/etc/dhcpmanager/dhcpmanager.toml"));
     assert!(args.contains(&"--default-pool=default"));
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.contains("service-controller") || a.contains("load-balancer")),
+        "the Service controller is off by default: {args:?}"
+    );
 
     // The fork's `url: http://dhcpmanager`: Service named after the release, 80 -> 8000.
     let service = find(&docs, "Service", "dhcpmanager");
@@ -804,6 +810,60 @@ fn service_accounts_can_do_their_job_and_nothing_more() {
     );
 }
 
+/// `agent.serviceController.enabled` adds exactly what the Service controller needs: read
+/// Services, write their status, create and delete DhcpAddresses; never write a Service itself.
+#[test]
+fn the_service_controller_value_grows_the_agent_rbac_by_its_needs_only() {
+    let cp = ControlPlane::shared();
+    let (namespace, release, docs) =
+        install(cp, &["--set", "agent.serviceController.enabled=true"]);
+    let args = container_args(find(
+        &docs,
+        "DaemonSet",
+        &format!("{release}-dhcpmanager-agent"),
+    ));
+    assert!(
+        args.contains(&"--service-controller".to_string()),
+        "{args:?}"
+    );
+    assert!(
+        !args.contains(&"--default-load-balancer".to_string()),
+        "{args:?}"
+    );
+    let elsewhere = cp.create_namespace("chart-svc").unwrap();
+    let agent = cp
+        .service_account_kubeconfig(&namespace, &format!("{release}-dhcpmanager-agent"))
+        .unwrap();
+    let may = [
+        (&elsewhere, "get", "services"),
+        (&elsewhere, "list", "services"),
+        (&elsewhere, "watch", "services"),
+        (&elsewhere, "patch", "services/status"),
+        (&elsewhere, "update", "services/status"),
+        (&elsewhere, "create", "dhcpaddresses.dhcpmanager.io"),
+        (&elsewhere, "delete", "dhcpaddresses.dhcpmanager.io"),
+        (&elsewhere, "create", "events.events.k8s.io"),
+        (&elsewhere, "patch", "events.events.k8s.io"),
+    ];
+    assert_access(&agent, "agent with the Service controller", true, &may);
+    let must_not = [
+        (&elsewhere, "create", "services"),
+        (&elsewhere, "update", "services"),
+        (&elsewhere, "patch", "services"),
+        (&elsewhere, "delete", "services"),
+        (&elsewhere, "list", "endpointslices.discovery.k8s.io"),
+        (&elsewhere, "list", "pods"),
+        (&elsewhere, "get", "secrets"),
+        (&namespace, "delete", "macpools.dhcpmanager.io"),
+    ];
+    assert_access(
+        &agent,
+        "agent with the Service controller",
+        false,
+        &must_not,
+    );
+}
+
 // ---- dashboard, kube-state-metrics, examples --------------------------------------------
 
 fn dashboard() -> Value {
@@ -1329,6 +1389,10 @@ fn binaries_accept_the_rendered_flags_and_configuration() {
             "--set",
             "agent.macPool.macs={02:aa:bb:cc:dd:01}",
             "--set",
+            "agent.serviceController.enabled=true",
+            "--set",
+            "agent.serviceController.defaultLoadBalancer=true",
+            "--set",
             "apiserver.etcd.enabled=true",
             "--set",
             "apiserver.auth.enabled=true",
@@ -1349,6 +1413,8 @@ fn binaries_accept_the_rendered_flags_and_configuration() {
     let mut agent_args = container_args(find(&docs, "DaemonSet", "dhcpmanager-agent"));
     assert!(agent_args.contains(&"--lease-duration=30s".to_string()));
     assert!(agent_args.contains(&"--burst=20".to_string()));
+    assert!(agent_args.contains(&"--service-controller".to_string()));
+    assert!(agent_args.contains(&"--default-load-balancer".to_string()));
     for arg in agent_args.iter_mut() {
         if arg.starts_with("--metrics-addr=") {
             *arg = "--metrics-addr=127.0.0.1:0".into();

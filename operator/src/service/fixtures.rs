@@ -180,14 +180,13 @@ pub fn context(
         }
         writer.apply_watcher_event(&watcher::Event::InitDone);
     }
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: Some(ME.into()),
+    };
     let ctx = ServiceContext {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: Some(ME.into()),
-            },
-        ),
+        recorder: Recorder::new(client.clone(), reporter.clone()),
+        reporter,
         client,
         ownership,
         addresses: writer.as_reader(),

@@ -18,6 +18,48 @@ pub fn leased_ip(address: Option<&DhcpAddress>) -> Option<Ipv4Addr> {
         .and(status.ip)
 }
 
+/// How long a Service keeps showing its address while its DhcpAddress, after holding a lease,
+/// looks for a new one (after a NAK): a new exchange takes milliseconds, and the Service then
+/// shows one `IpChanged` instead of `AddressLost` followed by `AddressAssigned`.
+pub const REBIND_SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What the ingress should become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wanted {
+    /// Exactly this (nothing: no entry).
+    Show(Option<Ipv4Addr>),
+    /// Leave it as it is for this long, then look again: the address is between two leases.
+    Wait(std::time::Duration),
+}
+
+/// The ingress for `address` at `now`: the leased IP; nothing when there is no lease, except for
+/// [`REBIND_SETTLE`] after the address stopped being Ready while it looks for a new lease
+/// (Pending). Expired, Failed, Releasing or gone: nothing at once.
+pub fn wanted_ingress(address: Option<&DhcpAddress>, now: chrono::DateTime<chrono::Utc>) -> Wanted {
+    if let Some(ip) = leased_ip(address) {
+        return Wanted::Show(Some(ip));
+    }
+    let Some(status) = address.and_then(|a| a.status.as_ref()) else {
+        return Wanted::Show(None);
+    };
+    let not_ready_since = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == dhcpmanager_crds::condition_type::READY && c.status == "False")
+        .map(|c| dhcpmanager_crds::from_time(&c.last_transition_time));
+    match (status.phase, not_ready_since) {
+        (Some(Phase::Pending), Some(since)) => {
+            let left = (since + REBIND_SETTLE - now).to_std().unwrap_or_default();
+            if left.is_zero() {
+                Wanted::Show(None)
+            } else {
+                Wanted::Wait(left)
+            }
+        }
+        _ => Wanted::Show(None),
+    }
+}
+
 /// The IPs the Service's status lists now, in order (hostname entries are not ours: skipped).
 pub fn current_ingress(service: &Service) -> Vec<String> {
     service
@@ -182,6 +224,58 @@ mod tests {
         let mut no_status = address(Phase::Bound, Some(IP));
         no_status.status = None;
         assert_eq!(leased_ip(Some(&no_status)), None);
+    }
+
+    fn not_ready_since(mut address: DhcpAddress, at: chrono::DateTime<chrono::Utc>) -> DhcpAddress {
+        address.status.as_mut().unwrap().conditions =
+            vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                reason: "Pending".into(),
+                message: String::new(),
+                last_transition_time: dhcpmanager_crds::to_time(at),
+                observed_generation: None,
+            }];
+        address
+    }
+
+    #[test]
+    fn between_two_leases_the_ingress_waits_a_little_then_goes() {
+        let now = chrono::Utc::now();
+        let bound = address(Phase::Bound, Some(IP));
+        assert_eq!(wanted_ingress(Some(&bound), now), Wanted::Show(Some(IP)));
+        assert_eq!(wanted_ingress(None, now), Wanted::Show(None));
+
+        let just_naked = not_ready_since(address(Phase::Pending, None), now);
+        assert_eq!(
+            wanted_ingress(Some(&just_naked), now),
+            Wanted::Wait(REBIND_SETTLE)
+        );
+        let later = now + chrono::TimeDelta::seconds(4);
+        assert_eq!(
+            wanted_ingress(Some(&just_naked), later),
+            Wanted::Wait(REBIND_SETTLE - std::time::Duration::from_secs(4))
+        );
+        let too_late = now + chrono::TimeDelta::seconds(10);
+        assert_eq!(
+            wanted_ingress(Some(&just_naked), too_late),
+            Wanted::Show(None)
+        );
+
+        // Lost for good: at once, however recent.
+        for phase in [Phase::Expired, Phase::Failed, Phase::Releasing] {
+            let lost = not_ready_since(address(phase, None), now);
+            assert_eq!(
+                wanted_ingress(Some(&lost), now),
+                Wanted::Show(None),
+                "{phase}"
+            );
+        }
+        // Never Ready yet: nothing to keep.
+        assert_eq!(
+            wanted_ingress(Some(&address(Phase::Pending, None)), now),
+            Wanted::Show(None)
+        );
     }
 
     #[test]

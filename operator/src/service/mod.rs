@@ -49,7 +49,12 @@ pub struct ServiceContext {
     pub ownership: Arc<Ownership>,
     /// Every DhcpAddress, as the shared watch last saw it: reconciles read here, not the API.
     pub addresses: Store<DhcpAddress>,
+    /// Events that repeat unchanged (a Service we cannot serve, at every resync) go through
+    /// this one recorder, which folds repeats into one Event series.
     pub recorder: Recorder,
+    /// Who reports: each change of the ingress is its own Event, with its own note (a series
+    /// keeps the first note, which would show an old IP).
+    pub reporter: Reporter,
     pub settings: ServiceSettings,
 }
 
@@ -69,14 +74,13 @@ pub async fn run(client: Client, ownership: Arc<Ownership>, settings: ServiceSet
     )
     .default_backoff()
     .touched_objects();
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: Some(ownership.node().to_string()),
+    };
     let ctx = Arc::new(ServiceContext {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: Some(ownership.node().to_string()),
-            },
-        ),
+        recorder: Recorder::new(client.clone(), reporter.clone()),
+        reporter,
         client: client.clone(),
         ownership,
         addresses,

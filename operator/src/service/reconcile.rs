@@ -13,14 +13,14 @@ use futures::FutureExt;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
 use super::desired::{self, Verdict};
-use super::ingress::{self, IngressChange};
+use super::ingress::{self, IngressChange, Wanted};
 use super::{FIELD_MANAGER, ServiceContext};
 use crate::error::Error;
 
@@ -122,9 +122,16 @@ pub async fn reconcile(service: Arc<Service>, ctx: Arc<ServiceContext>) -> Resul
                 apply_address(&service, &wanted, &ctx).await?;
             }
             if writer && owns(address, &ctx) {
-                let ip = ingress::leased_ip(Some(address));
-                if ingress::ingress_differs(&service, ip) {
-                    update_ingress(&service, Some(address), ip, &ctx).await?;
+                match ingress::wanted_ingress(Some(address), chrono::Utc::now()) {
+                    Wanted::Wait(left) if ingress::ingress_differs(&service, None) => {
+                        return Ok(Action::requeue(left));
+                    }
+                    Wanted::Wait(_) => {}
+                    Wanted::Show(ip) => {
+                        if ingress::ingress_differs(&service, ip) {
+                            update_ingress(&service, Some(address), ip, &ctx).await?;
+                        }
+                    }
                 }
             }
         }
@@ -279,7 +286,17 @@ async fn update_ingress(
         warn!(service = %key(service), %old, %new, "the DHCP server changed the Service's address");
     }
     if let Some((type_, reason, note)) = ingress::event_for(&change) {
-        publish(service, type_, reason, &note, ctx).await;
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Address".into(),
+            secondary: None,
+        };
+        let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+        if let Err(error) = recorder.publish(&event, &service.object_ref(&())).await {
+            warn!(service = %key(service), %error, "could not publish an Event");
+        }
     }
     Ok(())
 }

@@ -358,3 +358,31 @@ async fn a_former_load_balancer_of_another_agent_is_left_to_that_agent() {
     let result = run(Standing::Coordinator, false, vec![bound], service, vec![]).await;
     assert_eq!(result.expect("reconcile"), Action::await_change());
 }
+
+#[tokio::test]
+async fn between_two_leases_the_ingress_is_kept_and_looked_at_again_soon() {
+    let mut naked = address().held(ME, Phase::Pending, None);
+    naked.status.as_mut().unwrap().conditions =
+        vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: "Ready".into(),
+            status: "False".into(),
+            reason: "Pending".into(),
+            message: String::new(),
+            last_transition_time: dhcpmanager_crds::to_time(chrono::Utc::now()),
+            observed_generation: None,
+        }];
+    let result = run(
+        Standing::Member,
+        false,
+        vec![naked],
+        service().showing("10.77.0.10"),
+        vec![],
+    )
+    .await;
+    match result.expect("reconcile") {
+        action if action == Action::requeue(RESYNC) || action == Action::await_change() => {
+            panic!("expected a short requeue, got {action:?}")
+        }
+        _ => {}
+    }
+}
