@@ -1,5 +1,7 @@
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use dhcpmanager_operator::cli::{Cli, Command, lease, load_config};
 use tracing_subscriber::EnvFilter;
@@ -18,6 +20,8 @@ async fn main() -> std::process::ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: in a pod, kubectl logs would show the escape codes.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match cli.command {
         Command::Agent(args) => match load_config(args.config.as_ref()) {

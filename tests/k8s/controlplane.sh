@@ -17,6 +17,12 @@
 #                            process is gone (so a crashed test leaves nothing behind)
 #   CP_PURGE=1               `down` (also the watchdog's) removes DIR afterwards
 #   CP_READY_TIMEOUT         seconds to wait for /readyz (default 180)
+#   CP_ADDRESS               kube-apiserver's bind/advertise address (default 127.0.0.1; the
+#                            kubelet-backed node of tests/k8s/node.sh uses its veth address)
+#   CP_NODES=1               for a cluster with kubelets and a controller-manager: ServiceAccount
+#                            admission on, authorization Node,RBAC, kubelets reached by InternalIP
+#   CP_USERS="NAME=USER[/GROUP] ..."  a static token and DIR/NAME.kubeconfig for each user (e.g.
+#                            kubelet=system:node:n1/system:nodes), created with the control plane
 set -euo pipefail
 
 TOOLS=${DHCPMANAGER_TOOLS:-$HOME/.cache/dhcpmanager/tools}
@@ -28,11 +34,14 @@ READY_TIMEOUT=${CP_READY_TIMEOUT:-180}
 log() { printf '[controlplane] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-usage() { sed -n '9,21p' "$0" >&2; exit 2; }
+usage() { sed -n '9,27p' "$0" >&2; exit 2; }
 [[ $# == 2 ]] || usage
 CMD=$1
 mkdir -p "$2"
 DIR=$(cd "$2" && pwd)
+# A restart (`up` on a stopped one) keeps the address and mode it was created with.
+ADDRESS=${CP_ADDRESS:-$(cut -d: -f1 "$DIR/apiserver.address" 2>/dev/null || echo 127.0.0.1)}
+NODES=${CP_NODES:-$(cat "$DIR/nodes" 2>/dev/null || echo 0)}
 
 require_tools() {
   local t
@@ -51,8 +60,8 @@ pid_of() { # name -> pid on stdout, or nothing
   if tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$DIR"; then echo "$pid"; fi
 }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+free_port() { # [address]
+  python3 -c 'import socket, sys; s=socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])' "${1:-127.0.0.1}"
 }
 
 print_env() {
@@ -63,7 +72,7 @@ print_env() {
 
 readyz() {
   curl -sf --max-time 5 --cacert "$DIR/pki/ca.crt" -H "Authorization: Bearer $(cat "$DIR/admin.token")" \
-    "https://127.0.0.1:$(cat "$DIR/apiserver.port")/readyz" >/dev/null 2>&1
+    "https://$(cat "$DIR/apiserver.address")/readyz" >/dev/null 2>&1
 }
 
 make_pki() {
@@ -76,8 +85,8 @@ make_pki() {
   openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
     -keyout "$pki/apiserver.key" -out "$pki/apiserver.csr" 2>/dev/null
   # The "kubernetes" Service's cluster IP (first of the range) is a SAN too, as in real clusters.
-  printf 'subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' \
-    >"$pki/apiserver.ext"
+  printf 'subjectAltName=IP:127.0.0.1,IP:%s,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' \
+    "$ADDRESS" >"$pki/apiserver.ext"
   openssl x509 -req -in "$pki/apiserver.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
     -days 3650 -extfile "$pki/apiserver.ext" -out "$pki/apiserver.crt" 2>/dev/null
   openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
@@ -89,30 +98,44 @@ make_token() {
   openssl rand -hex 24 >"$DIR/admin.token"
   # token,user,uid,"groups"
   echo "$(cat "$DIR/admin.token"),admin,admin,\"system:masters\"" >"$DIR/tokens.csv"
+  local entry name user group
+  for entry in ${CP_USERS:-}; do
+    name=${entry%%=*} user=${entry#*=} group=
+    [[ $user == */* ]] && group=${user#*/} user=${user%%/*}
+    openssl rand -hex 24 >"$DIR/$name.token"
+    echo "$(cat "$DIR/$name.token"),$user,$user${group:+,\"$group\"}" >>"$DIR/tokens.csv"
+    chmod 600 "$DIR/$name.token"
+  done
   chmod 600 "$DIR/admin.token" "$DIR/tokens.csv"
 }
 
-write_kubeconfig() {
-  cat >"$DIR/admin.kubeconfig" <<KCFG
+write_kubeconfigs() {
+  local entry
+  write_kubeconfig admin
+  for entry in ${CP_USERS:-}; do write_kubeconfig "${entry%%=*}"; done
+}
+
+write_kubeconfig() { # name: DIR/name.kubeconfig with DIR/name.token
+  cat >"$DIR/$1.kubeconfig" <<KCFG
 apiVersion: v1
 kind: Config
 clusters:
 - name: test
   cluster:
-    server: https://127.0.0.1:$(cat "$DIR/apiserver.port")
+    server: https://$(cat "$DIR/apiserver.address")
     certificate-authority-data: $(base64 -w0 <"$DIR/pki/ca.crt")
 users:
-- name: admin
+- name: $1
   user:
-    token: $(cat "$DIR/admin.token")
+    token: $(cat "$DIR/$1.token")
 contexts:
 - name: test
   context:
     cluster: test
-    user: admin
+    user: $1
 current-context: test
 KCFG
-  chmod 600 "$DIR/admin.kubeconfig"
+  chmod 600 "$DIR/$1.kubeconfig"
 }
 
 # Starts a detached process (own session, stdin closed, output to a log) and
@@ -151,22 +174,29 @@ start_etcd() {
 start_apiserver() {
   [[ -n $(pid_of kube-apiserver) ]] && return 0
   local port i
-  port=${CP_APISERVER_PORT:-$(cat "$DIR/apiserver.port" 2>/dev/null || free_port)}
+  port=${CP_APISERVER_PORT:-$(cat "$DIR/apiserver.port" 2>/dev/null || free_port "$ADDRESS")}
   echo "$port" >"$DIR/apiserver.port"
-  log "starting kube-apiserver on https://127.0.0.1:$port (log $DIR/kube-apiserver.log)"
-  # ServiceAccount admission is disabled because no controller creates the
-  # "default" ServiceAccount it would demand for every Pod; TokenRequest
-  # (kubectl create token) works without it.
+  echo "$ADDRESS:$port" >"$DIR/apiserver.address"
+  log "starting kube-apiserver on https://$ADDRESS:$port (log $DIR/kube-apiserver.log)"
+  # Without a controller-manager, ServiceAccount admission is disabled because no
+  # controller creates the "default" ServiceAccount it would demand for every
+  # Pod; TokenRequest (kubectl create token) works without it.
+  local mode=(--authorization-mode RBAC --disable-admission-plugins ServiceAccount)
+  echo "$NODES" >"$DIR/nodes"
+  if [[ $NODES == 1 ]]; then
+    # kubelets authenticate as system:node:NAME (Node authorizer); `kubectl logs` reaches
+    # them by their InternalIP, not by resolving node names.
+    mode=(--authorization-mode Node,RBAC --kubelet-preferred-address-types InternalIP)
+  fi
   spawn kube-apiserver "$BIN/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$(cat "$DIR/etcd.port")" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$port" \
+    --bind-address "$ADDRESS" --advertise-address "$ADDRESS" --secure-port "$port" \
     --cert-dir "$DIR/pki" --tls-cert-file "$DIR/pki/apiserver.crt" --tls-private-key-file "$DIR/pki/apiserver.key" \
     --client-ca-file "$DIR/pki/ca.crt" \
-    --authorization-mode RBAC --token-auth-file "$DIR/tokens.csv" \
+    "${mode[@]}" --token-auth-file "$DIR/tokens.csv" \
     --service-account-key-file "$DIR/pki/sa.pub" --service-account-signing-key-file "$DIR/pki/sa.key" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-cluster-ip-range 10.96.0.0/24 \
-    --disable-admission-plugins ServiceAccount \
     --allow-privileged=true --profiling=false
   for ((i = 0; i < READY_TIMEOUT * 2; i++)); do
     readyz && return 0
@@ -215,7 +245,7 @@ case $CMD in
       make_token
       start_etcd
       start_apiserver
-      write_kubeconfig
+      write_kubeconfigs
       log "ready in $((($(date +%s%N) - start_ns) / 1000000)) ms"
     fi
     start_watchdog

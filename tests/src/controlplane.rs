@@ -101,7 +101,7 @@ pub fn check_tools_in(bin: &Path) -> Result<(), ControlPlaneError> {
     }
 }
 
-fn run(command: &mut Command, stdin: Option<&[u8]>) -> Result<Output, ControlPlaneError> {
+pub(crate) fn run(command: &mut Command, stdin: Option<&[u8]>) -> Result<Output, ControlPlaneError> {
     let description = format!("{command:?}");
     let describe = || description.clone();
     command
@@ -133,7 +133,7 @@ fn run(command: &mut Command, stdin: Option<&[u8]>) -> Result<Output, ControlPla
         })
 }
 
-fn succeeded(command: &Command, output: Output) -> Result<Output, ControlPlaneError> {
+pub(crate) fn succeeded(command: &Command, output: Output) -> Result<Output, ControlPlaneError> {
     if output.status.success() {
         Ok(output)
     } else {
@@ -197,13 +197,27 @@ impl ControlPlane {
             );
             return Err(err);
         }
-        let port = read_state(&dir, "apiserver.port")?;
+        let address = read_state(&dir, "apiserver.address")?;
         let admin_token = read_state(&dir, "admin.token")?;
         Ok(ControlPlane {
-            server_url: format!("https://127.0.0.1:{port}"),
+            server_url: format!("https://{address}"),
             dir,
             admin_token,
             stopped: AtomicBool::new(false),
+        })
+    }
+
+    /// A control plane that someone else started in `dir` and will stop (e.g. the one of
+    /// `tests/k8s/node.sh`): the same kubectl and helpers, but [`stop`](Self::stop) and drop
+    /// leave it running.
+    pub fn attach(dir: &Path) -> Result<ControlPlane, ControlPlaneError> {
+        let address = read_state(dir, "apiserver.address")?;
+        let admin_token = read_state(dir, "admin.token")?;
+        Ok(ControlPlane {
+            server_url: format!("https://{address}"),
+            dir: dir.to_path_buf(),
+            admin_token,
+            stopped: AtomicBool::new(true),
         })
     }
 
@@ -217,7 +231,7 @@ impl ControlPlane {
         self.dir.join("admin.kubeconfig")
     }
 
-    /// `https://127.0.0.1:PORT` of the kube-apiserver.
+    /// `https://ADDRESS:PORT` of the kube-apiserver (127.0.0.1 unless started otherwise).
     pub fn server_url(&self) -> &str {
         &self.server_url
     }
@@ -348,7 +362,7 @@ impl Drop for ControlPlane {
     }
 }
 
-fn processes_mentioning(dir: &Path) -> Vec<u32> {
+pub(crate) fn processes_mentioning(dir: &Path) -> Vec<u32> {
     let needle = dir.as_os_str().as_encoded_bytes();
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();

@@ -10,6 +10,7 @@ pub mod garbage_collector;
 pub mod lab;
 pub mod lab_error;
 pub mod netns;
+pub mod node;
 pub mod pcap;
 pub mod probe;
 pub mod process;

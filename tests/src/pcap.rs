@@ -46,6 +46,47 @@ pub fn read(path: &Path) -> Result<Vec<DhcpFrame>, LabError> {
 
 /// Parses pcap bytes; frames that are not IPv4/UDP/DHCP are skipped.
 pub fn parse(bytes: &[u8]) -> Result<Vec<DhcpFrame>, LabError> {
+    let mut frames = Vec::new();
+    for_each_record(bytes, |linktype, data, time_ns| {
+        frames.extend(dhcp_frame(linktype, data, time_ns))
+    })?;
+    Ok(frames)
+}
+
+/// Any captured frame, by its link-layer header only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkFrame {
+    pub time_ns: u64,
+    pub src_mac: Option<[u8; 6]>,
+    pub dst_mac: Option<[u8; 6]>,
+    /// 0x0800 IPv4, 0x0806 ARP, 0x86dd IPv6, ...
+    pub ethertype: u16,
+}
+
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
+
+/// Reads a pcap file and returns every frame's link-layer header (e.g. to find IPv6 from a MAC).
+pub fn read_link_frames(path: &Path) -> Result<Vec<LinkFrame>, LabError> {
+    let bytes = std::fs::read(path).map_err(|source| LabError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut frames = Vec::new();
+    for_each_record(&bytes, |linktype, data, time_ns| {
+        if let Some((src_mac, dst_mac, ethertype, _)) = link_layer(linktype, data) {
+            frames.push(LinkFrame {
+                time_ns,
+                src_mac,
+                dst_mac,
+                ethertype,
+            });
+        }
+    })?;
+    Ok(frames)
+}
+
+/// Calls `each(linktype, frame bytes, capture time in ns)` for every record of a pcap file.
+fn for_each_record(bytes: &[u8], mut each: impl FnMut(u32, &[u8], u64)) -> Result<(), LabError> {
     let header = bytes.get(..24).ok_or_else(|| {
         LabError::Pcap(format!("{} bytes, shorter than a pcap header", bytes.len()))
     })?;
@@ -66,7 +107,6 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<DhcpFrame>, LabError> {
         }
     };
     let linktype = u32_at(header, 20) & 0x0fff_ffff;
-    let mut frames = Vec::new();
     let mut rest = &bytes[24..];
     while rest.len() >= 16 {
         let (secs, frac, caplen) = (u32_at(rest, 0), u32_at(rest, 4), u32_at(rest, 8) as usize);
@@ -75,12 +115,10 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<DhcpFrame>, LabError> {
             .ok_or_else(|| LabError::Pcap("last record is cut short".into()))?;
         let time_ns =
             u64::from(secs) * 1_000_000_000 + u64::from(frac) * if nanos { 1 } else { 1000 };
-        if let Some(frame) = dhcp_frame(linktype, data, time_ns) {
-            frames.push(frame);
-        }
+        each(linktype, data, time_ns);
         rest = &rest[16 + caplen..];
     }
-    Ok(frames)
+    Ok(())
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {

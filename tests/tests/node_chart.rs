@@ -1,0 +1,313 @@
+//! The chart as users run it: our image (scripts/build-image.sh) imported into a real node's
+//! containerd, `helm install` of charts/dhcpmanager, the agent DaemonSet pod on a real kubelet
+//! (host network, uid 0 with NET_ADMIN + NET_RAW only, read-only root and /proc/sys), a
+//! DhcpAddress bound by Kea on the node's lab segment, a rolling restart that keeps the lease
+//! without a DISCOVER, the REST API's pod reached through its Service (kube-proxy), and
+//! `helm uninstall` that releases and leaves nothing behind. A capture of the segment checks
+//! what our MACs sent.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dhcpmanager_tests::bootp::MessageType;
+use dhcpmanager_tests::lab::{Server, ServerOpts, active_lease};
+use dhcpmanager_tests::node::{
+    self, IMAGE_REPOSITORY, IMAGE_TAG, LAB_PARENT, NODE_NAME, Node, SegmentCapture,
+};
+use dhcpmanager_tests::pcap;
+use dhcpmanager_tests::repo_root;
+use dhcpmanager_tests::controlplane::tools_bin_dir;
+use serde_json::Value;
+
+const NAMESPACE: &str = "dhcpmanager";
+const RELEASE: &str = "dhcpmanager";
+const STEP: Duration = Duration::from_secs(120);
+const AGENT_SELECTOR: &str = "app.kubernetes.io/component=agent";
+const SHUTDOWN_LINE: &str = "shutting down: stopping every DHCP client without releasing";
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_nanos() as u64
+}
+
+fn mac_bytes(mac: &str) -> [u8; 6] {
+    mac.parse::<dhcpmanager_engine::dhcp::MacAddr>()
+        .expect("a MAC")
+        .octets()
+}
+
+/// The agent pod on the node: (name, Ready).
+fn agent_pod(node: &Node) -> Option<(String, bool)> {
+    let pods = node.json(&["-n", NAMESPACE, "get", "pods", "-l", AGENT_SELECTOR]);
+    let pod = pods["items"]
+        .as_array()?
+        .iter()
+        .find(|p| p["metadata"]["deletionTimestamp"].is_null())?;
+    let ready = pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True");
+    Some((pod["metadata"]["name"].as_str()?.to_string(), ready))
+}
+
+fn address_status(node: &Node, namespace: &str, name: &str) -> Value {
+    node.try_kubectl(&["-n", namespace, "get", "dhcpaddress", name, "-o", "json"])
+        .ok()
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .map(|object| object["status"].clone())
+        .unwrap_or(Value::Null)
+}
+
+fn bound_ip(status: &Value) -> Option<Ipv4Addr> {
+    (status["phase"] == "Bound")
+        .then(|| status["ip"].as_str()?.parse().ok())
+        .flatten()
+}
+
+/// The node's macvlans made by the agent (their alias says so), as `ip -d link` prints them.
+fn agent_links(node: &Node) -> Vec<String> {
+    let out = node
+        .in_node("ip")
+        .args(["-d", "-o", "link", "show"])
+        .output()
+        .expect("ip link in the node");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("alias dhcpmanager:"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `kubectl logs -f` of a pod into a file: what the container wrote up to its very end, also
+/// after the pod object is gone.
+fn follow_logs(node: &Node, pod: &str, file: &Path) -> Child {
+    Command::new(tools_bin_dir().join("kubectl"))
+        .arg("--kubeconfig")
+        .arg(node.cp().kubeconfig_path())
+        .args(["-n", NAMESPACE, "logs", "-f", pod])
+        .stdout(Stdio::from(std::fs::File::create(file).expect("log file")))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl logs -f")
+}
+
+#[test]
+fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly() {
+    // The image first: it takes longest and needs no node.
+    let image = node::dhcpmanager_image();
+    let node = Node::start();
+    node.import_image(image);
+    let lab = node.lab();
+    lab.start(
+        Server::Kea,
+        ServerOpts {
+            lease: 600,
+            ..ServerOpts::default()
+        },
+    )
+    .expect("Kea on the segment");
+    let capture = SegmentCapture::start(&node, "segment");
+
+    // --- helm install, as the chart's README says, with the image we built -------------------
+    node.kubectl(&["create", "namespace", NAMESPACE]);
+    let chart = repo_root().join("charts/dhcpmanager");
+    node.helm(&[
+        "install",
+        RELEASE,
+        chart.to_str().unwrap(),
+        "--namespace",
+        NAMESPACE,
+        "--set",
+        &format!("image.repository={IMAGE_REPOSITORY}"),
+        "--set",
+        &format!("image.tag={IMAGE_TAG}"),
+        "--set",
+        "image.pullPolicy=Never",
+        "--set",
+        &format!("agent.interface={LAB_PARENT}"),
+        "--set",
+        "agent.macPool.ranges[0].start=02:d4:c9:00:00:00",
+        "--set",
+        "agent.macPool.ranges[0].count=16",
+        "--set",
+        "apiserver.replicas=1",
+        "--wait",
+        "--timeout",
+        "180s",
+    ])
+    .unwrap_or_else(|err| panic!("helm install: {err}"));
+    node.wait_until("the agent pod Running and Ready", STEP, || {
+        agent_pod(&node).is_some_and(|(_, ready)| ready)
+    });
+    let (first_pod, _) = agent_pod(&node).expect("agent pod");
+    let pod = node.json(&["-n", NAMESPACE, "get", "pod", &first_pod]);
+    assert_eq!(pod["spec"]["nodeName"], NODE_NAME);
+    assert_eq!(pod["status"]["phase"], "Running");
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["restartCount"], 0,
+        "the agent never restarted: {pod:#}"
+    );
+    let logs = node.kubectl(&["-n", NAMESPACE, "logs", &first_pod]);
+    assert!(
+        !logs.contains('\u{1b}'),
+        "no terminal escape codes in the pod's log:\n{logs}"
+    );
+
+    // --- a DhcpAddress, bound from Kea with the right hostname -------------------------------
+    node.kubectl(&["create", "namespace", "shop"]);
+    node.apply(
+        "apiVersion: dhcpmanager.io/v1alpha1\nkind: DhcpAddress\nmetadata:\n  name: storefront\n  namespace: shop\nspec:\n  service: shop/storefront\n",
+    );
+    node.wait_until("storefront Bound", STEP, || {
+        bound_ip(&address_status(&node, "shop", "storefront")).is_some()
+    });
+    let status = address_status(&node, "shop", "storefront");
+    let ip = bound_ip(&status).unwrap();
+    let mac = status["mac"].as_str().expect("status.mac").to_string();
+    assert_eq!(status["node"], NODE_NAME);
+    let leases = lab.wait_for_leases(Server::Kea, "Kea records the lease", STEP, |l| {
+        active_lease(l, ip).is_some()
+    });
+    let recorded = active_lease(&leases, ip).unwrap();
+    assert_eq!(recorded.mac.as_deref(), Some(mac.as_str()));
+    assert_eq!(recorded.hostname.as_deref(), Some("storefront.shop"));
+    assert_eq!(agent_links(&node).len(), 1, "one macvlan for the address");
+    let expires_before = status["expiresAt"].as_str().unwrap_or_default().to_string();
+
+    // --- the REST API's pod through its Service, from the node (kube-proxy's DNAT) -----------
+    let service = node.json(&["-n", NAMESPACE, "get", "service", RELEASE]);
+    let cluster_ip = service["spec"]["clusterIP"].as_str().expect("clusterIP").to_string();
+    let post = node
+        .in_node("curl")
+        .args(["-sS", "--max-time", "30", "-H", "Content-Type: application/json"])
+        .args(["-d", r#"{"service":"shop/checkout"}"#])
+        .arg(format!("http://{cluster_ip}/v1/ip"))
+        .output()
+        .expect("curl");
+    let answer: Value = serde_json::from_slice(&post.stdout).unwrap_or_else(|_| {
+        panic!(
+            "POST /v1/ip through {cluster_ip}: {} {}",
+            String::from_utf8_lossy(&post.stdout),
+            String::from_utf8_lossy(&post.stderr)
+        )
+    });
+    assert_eq!(answer["status"], "success", "{answer}");
+    let api_ip: Ipv4Addr = answer["ip"].as_str().unwrap().parse().unwrap();
+    assert_ne!(api_ip, ip);
+    lab.wait_for_leases(Server::Kea, "Kea records the API's lease", STEP, |l| {
+        active_lease(l, api_ip).is_some()
+    });
+    let delete = node
+        .in_node("curl")
+        .args(["-sS", "--max-time", "30", "-X", "DELETE"])
+        .args(["-H", "Content-Type: application/json"])
+        .args(["-d", &format!(r#"{{"ip":"{api_ip}"}}"#)])
+        .arg(format!("http://{cluster_ip}/v1/ip"))
+        .output()
+        .expect("curl");
+    let answer: Value = serde_json::from_slice(&delete.stdout).expect("DELETE answer");
+    assert_eq!(answer["status"], "success", "{answer}");
+    node.wait_until("the API's address released", STEP, || {
+        agent_links(&node).len() == 1
+    });
+
+    // --- a rolling update of the DaemonSet: the lease is kept, no DISCOVER ------------------
+    let old_logs = node.dir().join("agent-before-restart.log");
+    let mut follower = follow_logs(&node, &first_pod, &old_logs);
+    let restart_ns = now_ns();
+    node.kubectl(&["-n", NAMESPACE, "rollout", "restart", "daemonset/dhcpmanager-agent"]);
+    node.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "rollout",
+        "status",
+        "daemonset/dhcpmanager-agent",
+        "--timeout=180s",
+    ]);
+    node.wait_until("a new agent pod Ready", STEP, || {
+        agent_pod(&node).is_some_and(|(name, ready)| ready && name != first_pod)
+    });
+    let _ = follower.wait();
+    let old = std::fs::read_to_string(&old_logs).unwrap_or_default();
+    assert!(
+        old.contains(SHUTDOWN_LINE),
+        "the old agent stopped on SIGTERM without releasing; its log:\n{old}"
+    );
+    node.wait_until("storefront resumed (lease extended, same IP)", STEP, || {
+        let status = address_status(&node, "shop", "storefront");
+        bound_ip(&status) == Some(ip)
+            && status["expiresAt"].as_str().unwrap_or_default() > expires_before.as_str()
+    });
+    let status = address_status(&node, "shop", "storefront");
+    assert_eq!(status["mac"].as_str(), Some(mac.as_str()), "same MAC");
+    assert_eq!(agent_links(&node).len(), 1);
+
+    // --- uninstall as the chart's README says: addresses first, then the release, the CRDs --
+    node.kubectl(&["delete", "dhcpaddresses", "--all", "-A", "--timeout=120s"]);
+    node.helm(&["uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--timeout", "180s"])
+        .unwrap_or_else(|err| panic!("helm uninstall: {err}"));
+    let crds = repo_root().join("charts/dhcpmanager/crds/dhcpmanager.io_crds.yaml");
+    node.kubectl(&["delete", "-f", crds.to_str().unwrap(), "--timeout=120s"]);
+    node.wait_until("the agent pod gone", STEP, || agent_pod(&node).is_none());
+    let file = capture.stop(&node);
+
+    let leases = lab.leases(Server::Kea).expect("Kea's leases");
+    assert!(
+        active_lease(&leases, ip).is_none(),
+        "released at the server: {leases:#?}"
+    );
+    assert_eq!(agent_links(&node), Vec::<String>::new(), "no macvlan left");
+    let left = node.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "get",
+        "all,configmaps,secrets,serviceaccounts,roles,rolebindings,leases.coordination.k8s.io,networkpolicies,poddisruptionbudgets",
+        "-o",
+        "name",
+    ]);
+    let left: Vec<&str> = left
+        .lines()
+        .filter(|l| *l != "configmap/kube-root-ca.crt" && *l != "serviceaccount/default")
+        .collect();
+    assert_eq!(left, Vec::<&str>::new(), "nothing left in the namespace");
+
+    // --- what went over the wire -------------------------------------------------------------
+    let ours = mac_bytes(&mac);
+    let frames = pcap::read(&file).expect("the capture");
+    let from_us: Vec<_> = frames.iter().filter(|f| f.dhcp.chaddr == ours).collect();
+    let discovers = |after: u64| {
+        from_us
+            .iter()
+            .filter(|f| f.time_ns > after && f.message_type() == Some(MessageType::Discover))
+            .count()
+    };
+    assert_eq!(discovers(restart_ns), 0, "no DISCOVER after the restart: {from_us:#?}");
+    assert!(discovers(0) >= 1, "the first bind began with a DISCOVER");
+    assert!(
+        from_us.iter().any(|f| f.time_ns > restart_ns
+            && f.message_type() == Some(MessageType::Request)),
+        "the new agent re-requested the lease"
+    );
+    assert!(
+        from_us
+            .iter()
+            .any(|f| f.message_type() == Some(MessageType::Release)),
+        "DHCPRELEASE on delete"
+    );
+    let ipv6: Vec<_> = pcap::read_link_frames(&file)
+        .expect("the capture")
+        .into_iter()
+        .filter(|f| f.ethertype == pcap::ETHERTYPE_IPV6 && f.src_mac == Some(ours))
+        .collect();
+    assert!(
+        ipv6.is_empty(),
+        "no IPv6 from the address's MAC ({} frames, e.g. router solicitations or DAD)",
+        ipv6.len()
+    );
+    node.stop();
+}
