@@ -101,7 +101,10 @@ pub fn check_tools_in(bin: &Path) -> Result<(), ControlPlaneError> {
     }
 }
 
-pub(crate) fn run(command: &mut Command, stdin: Option<&[u8]>) -> Result<Output, ControlPlaneError> {
+pub(crate) fn run(
+    command: &mut Command,
+    stdin: Option<&[u8]>,
+) -> Result<Output, ControlPlaneError> {
     let description = format!("{command:?}");
     let describe = || description.clone();
     command

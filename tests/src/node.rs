@@ -190,8 +190,8 @@ impl Node {
         }
         let mut down = Command::new(node_script());
         down.arg("down").arg(&self.dir).env("NODE_PURGE", "1");
-        if let Err(err) =
-            controlplane::run(&mut down, None).and_then(|output| controlplane::succeeded(&down, output))
+        if let Err(err) = controlplane::run(&mut down, None)
+            .and_then(|output| controlplane::succeeded(&down, output))
         {
             eprintln!("node stop failed: {err}");
         }
@@ -267,11 +267,22 @@ impl SegmentCapture {
         // --immediate-mode -U: every packet reaches the file at once.
         let child = node
             .in_node("tcpdump")
-            .args(["-U", "--immediate-mode", "-n", "-Z", "root", "-i", LAB_PARENT, "-w"])
+            .args([
+                "-U",
+                "--immediate-mode",
+                "-n",
+                "-Z",
+                "root",
+                "-i",
+                LAB_PARENT,
+                "-w",
+            ])
             .arg(&file)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&log).expect("tcpdump log")))
+            .stderr(Stdio::from(
+                std::fs::File::create(&log).expect("tcpdump log"),
+            ))
             .spawn()
             .expect("run tcpdump");
         let started = Instant::now();

@@ -12,13 +12,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dhcpmanager_tests::bootp::MessageType;
+use dhcpmanager_tests::controlplane::tools_bin_dir;
 use dhcpmanager_tests::lab::{Server, ServerOpts, active_lease};
 use dhcpmanager_tests::node::{
     self, IMAGE_REPOSITORY, IMAGE_TAG, LAB_PARENT, NODE_NAME, Node, SegmentCapture,
 };
 use dhcpmanager_tests::pcap;
 use dhcpmanager_tests::repo_root;
-use dhcpmanager_tests::controlplane::tools_bin_dir;
 use serde_json::Value;
 
 const NAMESPACE: &str = "dhcpmanager";
@@ -181,10 +181,19 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
 
     // --- the REST API's pod through its Service, from the node (kube-proxy's DNAT) -----------
     let service = node.json(&["-n", NAMESPACE, "get", "service", RELEASE]);
-    let cluster_ip = service["spec"]["clusterIP"].as_str().expect("clusterIP").to_string();
+    let cluster_ip = service["spec"]["clusterIP"]
+        .as_str()
+        .expect("clusterIP")
+        .to_string();
     let post = node
         .in_node("curl")
-        .args(["-sS", "--max-time", "30", "-H", "Content-Type: application/json"])
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-H",
+            "Content-Type: application/json",
+        ])
         .args(["-d", r#"{"service":"shop/checkout"}"#])
         .arg(format!("http://{cluster_ip}/v1/ip"))
         .output()
@@ -220,7 +229,13 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
     let old_logs = node.dir().join("agent-before-restart.log");
     let mut follower = follow_logs(&node, &first_pod, &old_logs);
     let restart_ns = now_ns();
-    node.kubectl(&["-n", NAMESPACE, "rollout", "restart", "daemonset/dhcpmanager-agent"]);
+    node.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "rollout",
+        "restart",
+        "daemonset/dhcpmanager-agent",
+    ]);
     node.kubectl(&[
         "-n",
         NAMESPACE,
@@ -249,8 +264,16 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
 
     // --- uninstall as the chart's README says: addresses first, then the release, the CRDs --
     node.kubectl(&["delete", "dhcpaddresses", "--all", "-A", "--timeout=120s"]);
-    node.helm(&["uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--timeout", "180s"])
-        .unwrap_or_else(|err| panic!("helm uninstall: {err}"));
+    node.helm(&[
+        "uninstall",
+        RELEASE,
+        "--namespace",
+        NAMESPACE,
+        "--wait",
+        "--timeout",
+        "180s",
+    ])
+    .unwrap_or_else(|err| panic!("helm uninstall: {err}"));
     let crds = repo_root().join("charts/dhcpmanager/crds/dhcpmanager.io_crds.yaml");
     node.kubectl(&["delete", "-f", crds.to_str().unwrap(), "--timeout=120s"]);
     node.wait_until("the agent pod gone", STEP, || agent_pod(&node).is_none());
@@ -286,11 +309,16 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
             .filter(|f| f.time_ns > after && f.message_type() == Some(MessageType::Discover))
             .count()
     };
-    assert_eq!(discovers(restart_ns), 0, "no DISCOVER after the restart: {from_us:#?}");
+    assert_eq!(
+        discovers(restart_ns),
+        0,
+        "no DISCOVER after the restart: {from_us:#?}"
+    );
     assert!(discovers(0) >= 1, "the first bind began with a DISCOVER");
     assert!(
-        from_us.iter().any(|f| f.time_ns > restart_ns
-            && f.message_type() == Some(MessageType::Request)),
+        from_us
+            .iter()
+            .any(|f| f.time_ns > restart_ns && f.message_type() == Some(MessageType::Request)),
         "the new agent re-requested the lease"
     );
     assert!(

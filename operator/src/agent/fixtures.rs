@@ -195,6 +195,7 @@ pub fn test_context() -> (Arc<Context>, ApiServerVerifier) {
             lease_duration: LEASE_DURATION,
             renew_interval: RENEW_INTERVAL,
             takeover_grace: TAKEOVER_GRACE,
+            owner: None,
         },
         Api::namespaced(client.clone(), "dhcpmanager"),
     ));

@@ -25,6 +25,7 @@ use clap::Args;
 use dhcpmanager_crds::{DhcpAddress, DhcpAddressStatus, MacPool, Phase};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{Controller, watcher};
@@ -48,6 +49,13 @@ pub struct AgentArgs {
     /// Namespace of the agents' coordination Leases.
     #[arg(long, env = "POD_NAMESPACE", default_value = "dhcpmanager")]
     pub namespace: String,
+    /// The agent's own Pod (the DaemonSet passes metadata.name and metadata.uid): its Lease is
+    /// owned by the Pod, so Kubernetes deletes the Lease once no agent Pod on the node is left
+    /// (`helm uninstall`, a node leaving the DaemonSet), even after a crash.
+    #[arg(long, env = "POD_NAME", requires = "pod_uid")]
+    pub pod_name: Option<String>,
+    #[arg(long, env = "POD_UID", requires = "pod_name")]
+    pub pod_uid: Option<String>,
     /// The original configuration file (interface, assign-interfaces, macs, ...).
     #[arg(long, env = "DHCP_CONFIG")]
     pub config: Option<std::path::PathBuf>,
@@ -386,6 +394,17 @@ pub async fn run(args: AgentArgs, config: dhcpmanager_engine::config::Config) ->
             lease_duration: args.lease_duration,
             renew_interval: args.renew_interval,
             takeover_grace: args.takeover_grace,
+            owner: args
+                .pod_name
+                .clone()
+                .zip(args.pod_uid.clone())
+                .map(|(name, uid)| OwnerReference {
+                    api_version: "v1".into(),
+                    kind: "Pod".into(),
+                    name,
+                    uid,
+                    ..OwnerReference::default()
+                }),
         },
         Api::namespaced(client.clone(), &args.namespace),
     ));

@@ -22,7 +22,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use kube::ResourceExt;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::watcher;
@@ -40,6 +40,9 @@ pub struct OwnershipConfig {
     pub lease_duration: Duration,
     pub renew_interval: Duration,
     pub takeover_grace: Duration,
+    /// The agent's Pod: set as the owner of our Lease on every renewal (a new Pod takes it
+    /// over), so the garbage collector removes the Lease with the last agent Pod of the node.
+    pub owner: Option<OwnerReference>,
 }
 
 /// What one agent knows about its own Lease and its peers'.
@@ -144,6 +147,7 @@ impl Ownership {
                         labels: Some(
                             [(LEASE_LABEL.0.to_string(), LEASE_LABEL.1.to_string())].into(),
                         ),
+                        owner_references: self.owner_references(),
                         ..ObjectMeta::default()
                     },
                     spec: Some(LeaseSpec {
@@ -157,6 +161,9 @@ impl Ownership {
                 self.leases.create(&PostParams::default(), &lease).await
             }
             Some(mut lease) => {
+                if self.config.owner.is_some() {
+                    lease.metadata.owner_references = self.owner_references();
+                }
                 let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
                 spec.holder_identity = Some(self.config.node.clone());
                 spec.lease_duration_seconds = Some(duration);
@@ -174,6 +181,10 @@ impl Ownership {
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
             Err(source) => Err(kube_error("renewing")(source)),
         }
+    }
+
+    fn owner_references(&self) -> Option<Vec<OwnerReference>> {
+        self.config.owner.clone().map(|owner| vec![owner])
     }
 
     /// Renews our Lease forever and publishes whether it is held: `false` means fence (stop
