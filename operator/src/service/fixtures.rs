@@ -159,6 +159,7 @@ pub fn context(
             lease_duration: LEASE_DURATION,
             renew_interval: RENEW_INTERVAL,
             takeover_grace: TAKEOVER_GRACE,
+            owner: None,
         },
         Api::namespaced(client.clone(), "dhcpmanager"),
     ));
