@@ -1,5 +1,6 @@
-//! The agent's and the command line's error type: the engine's errors, wrapped, plus what
-//! Kubernetes and the command line add.
+//! The agent's error type (its DhcpAddress reconciler and its Service controller): the engine's
+//! errors, wrapped, plus what Kubernetes, MAC pools and ownership add. The command line's own
+//! errors are `cli::Error`.
 
 use dhcpmanager_engine as engine;
 
@@ -7,12 +8,6 @@ use dhcpmanager_engine as engine;
 pub enum Error {
     #[error(transparent)]
     Engine(#[from] engine::Error),
-    #[error("{0}")]
-    Usage(&'static str),
-    #[error("{0}: no recorded lease to release")]
-    NothingToRelease(String),
-    #[error("cannot install a signal handler: {0}")]
-    Signal(#[source] std::io::Error),
     #[error("{action}: {source}")]
     Kube {
         action: String,
@@ -25,12 +20,18 @@ pub enum Error {
     PoolExhausted(String),
     #[error("{0} kept changing under us; will retry")]
     Contended(String),
+    /// A flag whose value the agent could not use at start (`--link-netns`, `--metrics-addr`).
     #[error("{flag}: {problem}")]
     Flag { flag: &'static str, problem: String },
+    /// Something in the object's own spec: retried only once the object changes.
     #[error("invalid DhcpAddress {address}: {problem}")]
     InvalidAddress { address: String, problem: String },
     #[error("Service {service}: {problem}")]
     InvalidService { service: String, problem: String },
+    /// The MacPool the address names does not exist (yet): retried, since creating the pool is
+    /// no change of the address.
+    #[error("invalid DhcpAddress {address}: MacPool {pool} does not exist")]
+    MissingPool { address: String, pool: String },
 }
 
 impl Error {
@@ -38,16 +39,14 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Engine(e) => e.metric_label(),
-            Error::Usage(_)
-            | Error::NothingToRelease(_)
-            | Error::Signal(_)
-            | Error::Flag { .. } => "usage",
+            Error::Flag { .. } => "usage",
             Error::Kube { .. } => "kube",
             Error::BadPool { .. } => "bad_pool",
             Error::PoolExhausted(_) => "pool_exhausted",
             Error::Contended(_) => "contended",
-            Error::InvalidAddress { .. } => "invalid_address",
             Error::InvalidService { .. } => "invalid_service",
+            // The label it had before it was told apart from InvalidAddress.
+            Error::InvalidAddress { .. } | Error::MissingPool { .. } => "invalid_address",
         }
     }
 }

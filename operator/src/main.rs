@@ -25,7 +25,9 @@ async fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Agent(args) => match load_config(args.config.as_ref()) {
-            Ok(config) => dhcpmanager_operator::agent::run(args, config).await,
+            Ok(config) => dhcpmanager_operator::agent::run(args, config)
+                .await
+                .map_err(Into::into),
             Err(error) => Err(error),
         },
         Command::Lease(args) => lease::run(args).await,

@@ -255,6 +255,11 @@ fn bind_and_release(server: Server) {
             .iter()
             .any(|l| l.ip == leased && l.state == "active")
     });
+    // The follower of the address publishes the release it saw last, before it ends.
+    cluster.wait_for("a Released event", STEP, |c| {
+        c.kubectl_ok(&["get", "events", "-n", "shop"])
+            .contains("Released")
+    });
     // The agent retires the link at once and deletes retired links in batches soon after.
     cluster.wait_for("the macvlan is gone", STEP, |c| !links(c).contains(&iface));
     let pool = cluster.json(&["get", "macpool", "default"]);

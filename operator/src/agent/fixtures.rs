@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tower_test::mock::{self, Handle, SendResponse};
 
+use super::event_writer::EventWriter;
 use super::metrics::Metrics;
 use super::ownership::{Ownership, OwnershipConfig};
 use super::reconcile::FINALIZER;
@@ -164,14 +165,13 @@ impl Context {
             settings,
             metrics: Arc::new(Metrics::new(engine)),
             status_writer: StatusWriter::spawn(client.clone()),
-            recorder: kube::runtime::events::Recorder::new(
+            event_writer: EventWriter::spawn(kube::runtime::events::Recorder::new(
                 client,
                 kube::runtime::events::Reporter {
                     controller: "dhcpmanager-agent".into(),
                     instance: Some(ME.into()),
                 },
-            ),
-            references: Default::default(),
+            )),
             pool_locks: Default::default(),
         }
     }

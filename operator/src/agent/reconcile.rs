@@ -1,7 +1,23 @@
-//! The DhcpAddress reconciler, top to bottom: delete → finalizer → ownership → MAC → engine.
+//! The DhcpAddress reconciler, top to bottom, in four phases:
 //!
-//! Only the ends touch the API server; what the status says is computed by the pure functions
-//! in `status.rs`, and the DHCP work is the lease manager's.
+//! 1. **finalizer**: a deleted object is released ([`finalize`]); a new one first gets our
+//!    finalizer, so that it cannot disappear without a DHCPRELEASE;
+//! 2. **ownership gate**: only the agent that owns the address (`status.node`) goes on, and only
+//!    while it holds its own Lease; a free address (or one whose owner stopped renewing its
+//!    Lease) is claimed first;
+//! 3. **MAC**: fixed in the spec, recorded in status (a restart or takeover keeps it), or taken
+//!    from the MacPool;
+//! 4. **start**: the engine's DHCP client, and the follower that reports on it.
+//!
+//! Only the ends touch the API server; what the status and Events say is computed by the pure
+//! functions in `status.rs` and `events.rs`, and the DHCP work is the lease manager's.
+//!
+//! Why not kube-runtime's `finalizer` helper: it removes the finalizer as soon as the cleanup
+//! returns `Ok`, whatever `Action` that carries. Our cleanup must often wait instead: while the
+//! owning agent is alive only it may release, and an agent that does not hold its own Lease must
+//! not transmit. Through the helper, "not yet" could only be an error (a warning in the log, a
+//! count in `failures_total`, error_policy's retry). So the phases add and remove the finalizer
+//! themselves, removing it with the same test-and-remove JSON patch the helper uses.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +32,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::Context;
+use super::follower::{self, Followed};
 use super::status::record_from_status;
 use crate::error::Error;
 use dhcpmanager_engine::dhcp::{ClientConfig, ClientIdMode, LeaseRecord, MacAddr};
@@ -23,84 +40,145 @@ use dhcpmanager_engine::manager::AddressSpec;
 
 pub const FINALIZER: &str = "dhcpmanager.io/release";
 
+/// The object a reconcile works on, as it read it.
+struct Target {
+    /// "namespace/name": the engine's key of the address.
+    key: String,
+    namespace: String,
+    name: String,
+    api: Api<DhcpAddress>,
+    status: DhcpAddressStatus,
+}
+
 pub async fn reconcile(address: Arc<DhcpAddress>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = address.namespace().unwrap_or_default();
     let name = address.name_any();
-    let key = format!("{namespace}/{name}");
-    let api: Api<DhcpAddress> = Api::namespaced(ctx.client.clone(), &namespace);
-    ctx.remember(&key, address.object_ref(&()));
-    let status = address.status.clone().unwrap_or_default();
-    let me = ctx.ownership.node();
+    let target = Target {
+        key: format!("{namespace}/{name}"),
+        api: Api::namespaced(ctx.client.clone(), &namespace),
+        status: address.status.clone().unwrap_or_default(),
+        namespace,
+        name,
+    };
+    if let Some(done) = finalizer_phase(&address, &target, &ctx).await? {
+        return Ok(done);
+    }
+    if let Some(wait) = ownership_gate(&address, &target, &ctx).await? {
+        return Ok(wait);
+    }
+    let (mac, pool) = resolve_mac(&address, &target.status, &target.key, &ctx).await?;
+    start(&address, target, mac, pool.as_ref(), &ctx).await
+}
 
+/// Phase 1: a deleted object is released; a live one without our finalizer gets it (and the
+/// update it causes brings the next reconcile).
+async fn finalizer_phase(
+    address: &DhcpAddress,
+    target: &Target,
+    ctx: &Context,
+) -> Result<Option<Action>, Error> {
     if address.meta().deletion_timestamp.is_some() {
-        return finalize(&api, &address, &key, &status, &ctx).await;
-    }
-    if !address.finalizers().iter().any(|f| f == FINALIZER) {
-        // A merge patch replaces the whole list: keep whatever finalizers others put there,
-        // and let the resourceVersion make a concurrent change fail instead of being lost.
-        let mut finalizers = address.finalizers().to_vec();
-        finalizers.push(FINALIZER.to_string());
-        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": address.resource_version()}});
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        let api = &target.api;
+        return finalize(api, address, &target.key, &target.status, ctx)
             .await
-            .map_err(kube_error(format!("adding the finalizer to {key}")))?;
-        // The update triggers the next reconcile.
-        return Ok(Action::await_change());
+            .map(Some);
     }
+    if address.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(None);
+    }
+    // A merge patch replaces the whole list: keep whatever finalizers others put there, and let
+    // the resourceVersion make a concurrent change fail instead of being lost.
+    let mut finalizers = address.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": address.resource_version()}});
+    target
+        .api
+        .patch(&target.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(kube_error(format!(
+            "adding the finalizer to {}",
+            target.key
+        )))?;
+    Ok(Some(Action::await_change()))
+}
 
+/// Phase 2: goes on only on the agent that owns the address and may transmit, and only when no
+/// client runs for it yet. Stops a local client of an address another agent owns; claims a free
+/// address, or one whose owner stopped renewing its Lease.
+async fn ownership_gate(
+    address: &DhcpAddress,
+    target: &Target,
+    ctx: &Context,
+) -> Result<Option<Action>, Error> {
+    let (key, me) = (&target.key, ctx.ownership.node());
     if let Some(pinned) = address.spec.node.as_deref().filter(|n| !n.is_empty())
         && pinned != me
     {
-        ctx.stop_local(&key).await;
-        return Ok(Action::await_change());
+        ctx.stop_local(key).await;
+        return Ok(Some(Action::await_change()));
     }
-    match status.node.as_deref() {
+    match target.status.node.as_deref() {
         Some(owner) if owner == me => {}
         Some(owner) if ctx.ownership.peer_alive(owner) => {
             // Someone else holds it: make sure we do not transmit for it too.
-            ctx.stop_local(&key).await;
-            return Ok(Action::requeue(ctx.settings.takeover_check));
+            ctx.stop_local(key).await;
+            return Ok(Some(Action::requeue(ctx.settings.takeover_check)));
         }
         previous => {
             if !ctx.ownership.may_transmit() {
-                return Ok(Action::requeue(ctx.settings.renew_interval));
+                return Ok(Some(Action::requeue(ctx.settings.renew_interval)));
             }
-            if !claim(&api, &address, &status, me).await? {
-                return Ok(Action::requeue(Duration::from_millis(200)));
+            if !claim(&target.api, address, &target.status, me).await? {
+                return Ok(Some(Action::requeue(Duration::from_millis(200))));
             }
             if let Some(previous) = previous {
                 info!(%key, from = %previous, "took the address over from an agent that stopped renewing its Lease");
             }
-            return Ok(Action::await_change());
+            return Ok(Some(Action::await_change()));
         }
     }
     if !ctx.ownership.may_transmit() {
-        return Ok(Action::requeue(ctx.settings.renew_interval));
+        return Ok(Some(Action::requeue(ctx.settings.renew_interval)));
     }
-    if ctx.manager.status(&key).is_some() {
-        return Ok(Action::requeue(ctx.settings.resync));
+    if ctx.manager.status(key).is_some() {
+        // Running here already; its follower reports on it.
+        return Ok(Some(Action::requeue(ctx.settings.resync)));
     }
+    Ok(None)
+}
 
-    let (mac, pool) = resolve_mac(&address, &status, &key, &ctx).await?;
+/// Phase 4: the DHCP client, resuming the lease recorded in status when it is for this MAC,
+/// and its follower.
+async fn start(
+    address: &DhcpAddress,
+    target: Target,
+    mac: MacAddr,
+    pool: Option<&MacPool>,
+    ctx: &Arc<Context>,
+) -> Result<Action, Error> {
     let hostname = address.hostname();
-    let record = status
+    let record = target
+        .status
         .lease
         .as_ref()
         .and_then(|lease| record_from_status(lease, Some(hostname.clone())))
         .filter(|record| record.mac == mac);
-    let parent = parent_interface(&address, pool.as_ref(), &ctx);
-    let spec = address_spec(&address, &key, mac, hostname, parent, &ctx)?;
+    let parent = parent_interface(address, pool, ctx);
+    let spec = address_spec(address, &target.key, mac, hostname, parent, ctx)?;
     let resumed = record.as_ref().map(|r: &LeaseRecord| r.ip);
-    let receiver = ctx.manager.start(spec, record).await?;
-    info!(%key, %mac, ?resumed, "started the DHCP client");
-    ctx.watch_address(
-        key,
-        (namespace, name),
-        receiver,
+    // Subscribed before the start, so the follower sees every event of the new client.
+    let events = ctx.manager.subscribe();
+    let engine = ctx.manager.start(spec, record).await?;
+    info!(key = %target.key, %mac, ?resumed, "started the DHCP client");
+    let followed = Followed {
+        key: target.key,
+        object: (target.namespace, target.name),
+        reference: address.object_ref(&()),
         mac,
-        address.meta().generation,
-        status,
-    );
+        generation: address.meta().generation,
+        initial: target.status,
+    };
+    follower::spawn(ctx.clone(), followed, engine, events);
     Ok(Action::requeue(ctx.settings.resync))
 }
 
@@ -119,6 +197,7 @@ pub fn error_policy(address: Arc<DhcpAddress>, error: &Error, ctx: Arc<Context>)
     let needs_user = matches!(
         error,
         Error::InvalidAddress { .. }
+            | Error::MissingPool { .. }
             | Error::PoolExhausted(_)
             | Error::BadPool { .. }
             | Error::Engine(dhcpmanager_engine::Error::Capacity { .. })
@@ -131,11 +210,15 @@ pub fn error_policy(address: Arc<DhcpAddress>, error: &Error, ctx: Arc<Context>)
         let key = (address.namespace().unwrap_or_default(), address.name_any());
         ctx.report_status(key, status);
     }
-    if matches!(error, Error::Contended(_)) {
+    match error {
         // Lost a race with other agents: try again soon, at a random moment.
-        return Action::requeue(Duration::from_millis(rand::random_range(100..500)));
+        Error::Contended(_) => Action::requeue(Duration::from_millis(rand::random_range(100..500))),
+        // The object itself is wrong: retrying cannot help before the user changes it (and a
+        // change brings a reconcile). Pool problems are fixed in the MacPool, which we do not
+        // watch: those are retried.
+        Error::InvalidAddress { .. } => Action::await_change(),
+        _ => Action::requeue(Duration::from_secs(5)),
     }
-    Action::requeue(Duration::from_secs(5))
 }
 
 /// Writes `status.node = me` if nobody changed the object since it was read (resourceVersion
@@ -166,7 +249,7 @@ async fn claim(
     }
 }
 
-/// The MAC of the address: fixed in the spec, already recorded in status (a takeover or a
+/// Phase 3: the MAC of the address: fixed in the spec, already recorded in status (a takeover or a
 /// restart keeps it), or a new one from the MacPool.
 async fn resolve_mac(
     address: &DhcpAddress,
@@ -192,7 +275,10 @@ async fn resolve_mac(
         .await
         .map_err(kube_error(format!("reading MacPool {pool_name}")))?;
     if pool.is_none() {
-        return Err(invalid(format!("MacPool {pool_name} does not exist")));
+        return Err(Error::MissingPool {
+            address: key.to_string(),
+            pool: pool_name,
+        });
     }
     let recorded = status
         .lease

@@ -282,3 +282,40 @@ async fn error_policy_writes_nothing_for_transient_errors_or_others_objects() {
     error_policy(peers, &Error::PoolExhausted(POOL.into()), ctx.clone());
     finish(ctx, server).await;
 }
+
+#[tokio::test]
+async fn an_invalid_object_fails_on_itself_and_waits_for_a_change() {
+    let (ctx, verifier) = test_context();
+    holding(&ctx);
+    let mut address = address().finalized().owned_by(ME);
+    address.spec.mac = Some("02:aa:00:00:00".into());
+    let result = bounded(reconcile(Arc::new(address.clone()), ctx.clone())).await;
+    let error = match result {
+        Err(error @ Error::InvalidAddress { .. }) => error,
+        other => panic!("expected an invalid address, got {other:?}"),
+    };
+    let mut expected = address.status.clone().expect("a status");
+    expected.phase = Some(Phase::Failed);
+    expected.last_error = Some(error.to_string());
+    expected.observed_generation = Some(1);
+    let server = verifier.run(Scenario::StatusApplied(expected));
+
+    let action = error_policy(Arc::new(address), &error, ctx.clone());
+    finish(ctx, server).await;
+    // Not every 5 s: only the user's change of the object (which brings a reconcile) can help.
+    assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn a_missing_pool_is_retried_since_creating_it_changes_no_address() {
+    let (ctx, verifier) = test_context();
+    let server = verifier.run(Scenario::NoRequests);
+    let missing = Error::MissingPool {
+        address: KEY.into(),
+        pool: POOL.into(),
+    };
+    let action = error_policy(Arc::new(address()), &missing, ctx.clone());
+    finish(ctx, server).await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+    assert_eq!(missing.metric_label(), "invalid_address");
+}

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use dhcpmanager_crds::hostname_for_service;
 
-use crate::error::Error;
+use super::Error;
 use dhcpmanager_dhcp_core::{RESERVED_OPTION_CODES, is_user_settable};
 use dhcpmanager_engine::dhcp::{ClientConfig, ClientIdMode, LeaseRecord, MacAddr};
 use dhcpmanager_engine::manager::{

@@ -1,6 +1,9 @@
 //! The `dhcpmanager-operator` command line: one subcommand per file.
 
+mod error;
 pub mod lease;
+
+pub use error::Error;
 
 use std::path::PathBuf;
 
@@ -32,9 +35,7 @@ pub enum Command {
 
 /// The original configuration: `--config FILE` (must exist) or the default path (may be missing),
 /// then the `DHCP_` environment in both spellings.
-pub fn load_config(
-    path: Option<&PathBuf>,
-) -> Result<dhcpmanager_engine::config::Config, crate::error::Error> {
+pub fn load_config(path: Option<&PathBuf>) -> Result<dhcpmanager_engine::config::Config, Error> {
     let source = match path {
         Some(path) => dhcpmanager_engine::config::Source::Explicit(path),
         None => dhcpmanager_engine::config::Source::Default,

@@ -1,0 +1,70 @@
+//! The agent's command-line flags (and their environment variables).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// This node's name (the DaemonSet passes spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// Namespace of the agents' coordination Leases.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "dhcpmanager")]
+    pub namespace: String,
+    /// The agent's own Pod (the DaemonSet passes metadata.name and metadata.uid): its Lease is
+    /// owned by the Pod, so Kubernetes deletes the Lease once no agent Pod on the node is left
+    /// (`helm uninstall`, a node leaving the DaemonSet), even after a crash.
+    #[arg(long, env = "POD_NAME", requires = "pod_uid")]
+    pub pod_name: Option<String>,
+    #[arg(long, env = "POD_UID", requires = "pod_name")]
+    pub pod_uid: Option<String>,
+    /// The original configuration file (interface, assign-interfaces, macs, ...).
+    #[arg(long, env = "DHCP_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// Parent interface of the macvlans (overrides the configuration's `interface`).
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// Configure leased IPs on the macvlans by default (overrides `assign-interfaces`).
+    #[arg(long)]
+    pub assign_interfaces: Option<bool>,
+    /// The MacPool used when a DhcpAddress names none; created from the configuration's `macs`.
+    #[arg(long, default_value = "default")]
+    pub default_pool: String,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:9342")]
+    pub metrics_addr: SocketAddr,
+    /// How long the agent's Lease is valid without renewal (and so the longest API outage that
+    /// does not pause DHCP renewals).
+    #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub renew_interval: Duration,
+    /// Extra time a peer's Lease must stay unrenewed before its addresses are taken over.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub takeover_grace: Duration,
+    /// How often every address is re-checked even without a change.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub resync: Duration,
+    /// New DHCP transmissions per second toward the server, all addresses together.
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+    #[arg(long, default_value_t = 100)]
+    pub burst: u32,
+    /// Create the macvlans and DHCP sockets in this network namespace (e.g. /proc/1/ns/net, the
+    /// host's, when the agent runs in the pod network) instead of the agent's own.
+    #[arg(long)]
+    pub link_netns: Option<std::path::PathBuf>,
+    /// Run the Service controller: LoadBalancer Services of class `dhcpmanager.io/dhcp` get a
+    /// DhcpAddress, and their status shows its IP.
+    #[arg(long)]
+    pub service_controller: bool,
+    /// With the Service controller: also serve LoadBalancer Services that name no class
+    /// (dhcpmanager is the cluster's default load balancer).
+    #[arg(long)]
+    pub default_load_balancer: bool,
+    /// Divide every DHCP protocol wait by this factor (tests only).
+    #[arg(long, default_value_t = 1.0, hide = true)]
+    pub time_scale: f64,
+}
