@@ -435,4 +435,78 @@ mod tests {
         let config = load("etcd = []\n", &[], &[]).unwrap();
         assert!(config.etcd.is_empty());
     }
+
+    /// The field names serde reads for `T` (after `rename_all`), captured from the one call a
+    /// derived `Deserialize` of a struct makes, so a test can compare them with other lists.
+    fn field_names<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+        use serde::de::{Error as _, Visitor, value::Error as ValueError};
+        struct Capture(Option<&'static [&'static str]>);
+        impl<'de> Deserializer<'de> for &mut Capture {
+            type Error = ValueError;
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, ValueError> {
+                Err(ValueError::custom("not a struct"))
+            }
+            fn deserialize_struct<V: Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, ValueError> {
+                self.0 = Some(fields);
+                Err(ValueError::custom("captured"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+                byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+                identifier ignored_any
+            }
+        }
+        let mut capture = Capture(None);
+        let _ = T::deserialize(&mut capture);
+        capture.0.expect("a struct")
+    }
+
+    #[test]
+    fn the_key_list_covers_every_field_of_the_config_and_nothing_else() {
+        let mut fields: Vec<&str> = field_names::<Config>().to_vec();
+        let mut keys: Vec<&str> = KEYS.iter().map(|(key, _)| *key).collect();
+        fields.sort_unstable();
+        keys.sort_unstable();
+        // A field missing from KEYS could be set in the file but not through DHCP_* or a flag.
+        assert_eq!(keys, fields);
+    }
+
+    #[test]
+    fn every_key_has_both_environment_spellings() {
+        for (key, kind) in KEYS {
+            let raw = match kind {
+                Kind::Text | Kind::List => "x",
+                Kind::Bool => "true",
+                Kind::Integer => "1",
+            };
+            let upper = key.to_ascii_uppercase();
+            for name in [
+                format!("DHCP_{}", upper.replace('-', "_")),
+                format!("DHCP_{upper}"),
+            ] {
+                let found = env_overrides([(name.clone(), raw.to_string())]).unwrap();
+                assert_eq!(
+                    found.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+                    vec![*key],
+                    "{name}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_key_is_documented() {
+        let documented = include_str!("../../docs/configuration.md");
+        for (key, _) in KEYS {
+            assert!(
+                documented.contains(&format!("`{key}`")),
+                "{key} is missing from docs/configuration.md"
+            );
+        }
+    }
 }
