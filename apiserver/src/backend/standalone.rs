@@ -1,7 +1,8 @@
 //! The standalone backend: the lease manager in-process, allocations and the MAC pool in an
 //! embedded crash-safe store ([`store`]), no Kubernetes.
 //!
-//! Guarantees (the original's defects in compat.md must not come back):
+//! Guarantees (the original's defects must not come back; docs/apiserver.md lists what it did
+//! not keep):
 //! - a POST that fails or times out leaves nothing behind: the client is released through the
 //!   manager (so an ACK that arrived meanwhile is released too), the link is deleted, the MAC
 //!   returns to the pool, the allocation is gone from disk;

@@ -5,7 +5,7 @@
 //! `assigned` is [`ClientConfig::ip_assigned`](super::ClientConfig): whether the leased IP is
 //! configured on the macvlan. Without it the kernel drops replies sent to the IP and unicast from
 //! 0.0.0.0, so every exchange uses broadcast forms that the measured servers (dnsmasq, Kea, ISC
-//! dhcpd, udhcpd; see `docs/dhcp-on-macvlan.md`) all answer.
+//! dhcpd, udhcpd) all answer; docs/engine.md ("Message forms") says what each was proven against.
 //!
 //! | message | when | ciaddr | opt 50 | opt 54 | src IP | dst IP | L2 dst | flags |
 //! |---|---|---|---|---|---|---|---|---|
