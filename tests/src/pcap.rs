@@ -44,6 +44,38 @@ pub fn read(path: &Path) -> Result<Vec<DhcpFrame>, LabError> {
     parse(&bytes)
 }
 
+/// One captured frame of any kind (ARP, IP, ...), with its link-layer addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EthernetFrame {
+    pub time_ns: u64,
+    pub src_mac: Option<[u8; 6]>,
+    pub dst_mac: Option<[u8; 6]>,
+    pub ethertype: u16,
+    /// The network-layer bytes (ARP packet, IPv4 header and on).
+    pub payload: Vec<u8>,
+}
+
+/// Reads a pcap file and returns every frame in capture order.
+pub fn read_ethernet(path: &Path) -> Result<Vec<EthernetFrame>, LabError> {
+    let bytes = std::fs::read(path).map_err(|source| LabError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut frames = Vec::new();
+    for_each_record(&bytes, |linktype, data, time_ns| {
+        if let Some((src_mac, dst_mac, ethertype, payload)) = link_layer(linktype, data) {
+            frames.push(EthernetFrame {
+                time_ns,
+                src_mac,
+                dst_mac,
+                ethertype,
+                payload: payload.to_vec(),
+            });
+        }
+    })?;
+    Ok(frames)
+}
+
 /// Parses pcap bytes; frames that are not IPv4/UDP/DHCP are skipped.
 pub fn parse(bytes: &[u8]) -> Result<Vec<DhcpFrame>, LabError> {
     let mut frames = Vec::new();

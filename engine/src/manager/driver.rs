@@ -17,7 +17,11 @@ use super::spec::{AddressStatus, KeyedEvent};
 use crate::dhcp::{
     Action, Client, ClientEvent, L2Dest, LeaseRecord, MacAddr, ReplyMeta, State, Transmission,
 };
+use crate::net::announce::{self, Announcement};
 use crate::net::arp::{self, ProbeTiming};
+
+/// RFC 5227 ANNOUNCE_INTERVAL: the second gratuitous ARP follows the first after this.
+const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
 use crate::net::links::Links;
 use crate::net::packet_socket::DhcpSocket;
 
@@ -50,10 +54,21 @@ pub(super) struct Driver {
     pub assign_ip: bool,
     /// The address currently configured on the link (only when the IP is assigned).
     pub assigned: Option<(std::net::Ipv4Addr, u8)>,
+    /// What was installed to answer and reply for the assigned address from this link only.
+    pub announced: Option<Announcement>,
 }
 
 impl Driver {
     pub async fn run(mut self) {
+        if let Some((ip, prefix_len)) = self.assigned {
+            // Resumed (restart or takeover) with the address kept on the link: say so on the
+            // segment, from this MAC, before anything else.
+            let gateway = self
+                .client
+                .record()
+                .and_then(|r| r.routers.first().copied());
+            self.announce(ip, prefix_len, gateway).await;
+        }
         let actions = self.client.start(Utc::now());
         self.execute(actions).await;
         loop {
@@ -69,6 +84,7 @@ impl Driver {
                             let _ = done.send(());
                         }
                         Some(Command::Stop(done)) => {
+                            self.withdraw().await;
                             self.finish();
                             let _ = done.send(());
                         }
@@ -181,6 +197,7 @@ impl Driver {
         if wanted == self.assigned {
             return;
         }
+        self.withdraw().await;
         if let Some((ip, prefix)) = self.assigned.take()
             && let Err(error) = self.links.remove_ip(self.ifindex, ip, prefix).await
         {
@@ -188,9 +205,58 @@ impl Driver {
         }
         if let Some((ip, prefix)) = wanted {
             match self.links.assign_ip(self.ifindex, ip, prefix).await {
-                Ok(()) => self.assigned = Some((ip, prefix)),
+                Ok(()) => {
+                    self.assigned = Some((ip, prefix));
+                    let gateway = record.and_then(|r| r.routers.first().copied());
+                    self.announce(ip, prefix, gateway).await;
+                }
                 Err(error) => self.set_error(format!("assigning {ip}/{prefix} failed: {error}")),
             }
+        }
+    }
+
+    /// Answers and replies for the address from this link only, and tells the segment (two
+    /// RFC 5227 announcements, 2 s apart). A failure is reported, not fatal: the lease is held.
+    async fn announce(
+        &mut self,
+        ip: std::net::Ipv4Addr,
+        prefix_len: u8,
+        gateway: Option<std::net::Ipv4Addr>,
+    ) {
+        let announcement = Announcement {
+            ifindex: self.ifindex,
+            ip,
+            prefix_len,
+            gateway,
+        };
+        match announce::install(&self.links, &announcement).await {
+            Ok(()) => self.announced = Some(announcement),
+            Err(error) => {
+                warn!(key = %self.key, %error, "isolating the address on its link failed");
+                self.set_error(format!(
+                    "announcing {ip} from its link only failed: {error}"
+                ));
+            }
+        }
+        let (ifindex, mac, netns) = (self.ifindex, self.socket.mac(), self.netns.clone());
+        let send = move || match netns.run(|| arp::announce(ifindex, mac, ip)) {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) | Err(error) => warn!(%ip, %error, "gratuitous ARP failed"),
+        };
+        send();
+        tokio::spawn(async move {
+            tokio::time::sleep(ANNOUNCE_INTERVAL).await;
+            send();
+        });
+    }
+
+    /// Removes what [`Driver::announce`] installed (the routes would go with the link, the
+    /// rule would not).
+    async fn withdraw(&mut self) {
+        if let Some(announcement) = self.announced.take()
+            && let Err(error) = announce::withdraw(&self.links, &announcement).await
+        {
+            warn!(key = %self.key, %error, "withdrawing the announcement failed");
         }
     }
 

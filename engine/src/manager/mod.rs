@@ -331,6 +331,7 @@ impl LeaseManager {
             netns: self.inner.config.netns.clone(),
             assign_ip,
             assigned,
+            announced: None,
         };
         let task = tokio::spawn(driver.run());
         self.lock().insert(

@@ -70,6 +70,22 @@ pub fn build_probe(mac: [u8; 6], ip: Ipv4Addr) -> [u8; ARP_PACKET_LEN] {
     p
 }
 
+/// An ARP announcement (RFC 5227 2.3, "gratuitous ARP"): a request whose sender and target IP
+/// are both `ip`, from `mac`. Neighbours and switches update their tables from it.
+pub fn build_announcement(mac: [u8; 6], ip: Ipv4Addr) -> [u8; ARP_PACKET_LEN] {
+    let mut p = build_probe(mac, ip);
+    p[14..18].copy_from_slice(&ip.octets());
+    p
+}
+
+/// Sends one announcement of `ip` from `mac` on interface `ifindex`, broadcast; in the calling
+/// thread's network namespace (the socket is closed afterwards).
+pub fn announce(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
+    let fd = arp_socket(ifindex)?;
+    let dest = link_address(ifindex, ETH_P_ARP, BROADCAST_MAC);
+    send_to(fd.as_raw_fd(), &build_announcement(mac, ip), &dest)
+}
+
 /// Whether a received ARP packet shows that another host uses, or also probes for, `ip`
 /// (RFC 5227 2.1.1). Packets from our own MAC and malformed packets never conflict.
 pub fn is_conflict(packet: &[u8], our_mac: [u8; 6], ip: Ipv4Addr) -> bool {
@@ -185,6 +201,19 @@ mod tests {
         assert_eq!(&p[8..14], &OURS);
         assert_eq!(&p[14..24], &[0; 10], "sender IP and target MAC are zero");
         assert_eq!(&p[24..28], &IP.octets());
+    }
+
+    #[test]
+    fn an_announcement_names_the_address_as_sender_and_target() {
+        let p = build_announcement(OURS, IP);
+        assert_eq!(&p[..8], &[0, 1, 8, 0, 6, 4, 0, 1], "an ARP request");
+        assert_eq!(&p[8..14], &OURS);
+        assert_eq!(&p[14..18], &IP.octets());
+        assert_eq!(&p[18..24], &[0; 6]);
+        assert_eq!(&p[24..28], &IP.octets());
+        // Another host announcing our address is a conflict, our own announcement is not.
+        assert!(is_conflict(&build_announcement(THEIRS, IP), OURS, IP));
+        assert!(!is_conflict(&p, OURS, IP));
     }
 
     #[test]

@@ -126,6 +126,12 @@ impl Links {
         }
     }
 
+    /// The rtnetlink connection, for the other `net` modules that manage what our links carry
+    /// (`announce`: device settings and policy routes).
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     pub fn retired_group(&self) -> u32 {
         self.retired_group
     }

@@ -5,6 +5,7 @@
 
 // The modules that call into the kernel through libc or register raw descriptors; the rest of
 // the engine denies unsafe code.
+pub mod announce;
 #[allow(unsafe_code)]
 pub mod arp;
 pub mod bpf;
