@@ -453,8 +453,10 @@ drain() {
     [[ -z $(kubectl get pods -A -o name 2>/dev/null) ]] && break
     sleep 0.2
   done
+  # The kubelet stops a deleted pod's sandbox at once (CNI teardown, netns gone) but removes it
+  # only at its next garbage collection, up to a minute later: wait for the stop only.
   for ((i = 0; i < 100; i++)); do
-    [[ -z $(ctr containers ls -q 2>/dev/null) ]] && break
+    ctr tasks ls 2>/dev/null | awk 'NR > 1 && $3 == "RUNNING" { found = 1 } END { exit !found }' || break
     sleep 0.2
   done
 }
@@ -469,7 +471,8 @@ remove_containers() {
 }
 
 down() {
-  local holder
+  local holder start_ns
+  start_ns=$(date +%s%N)
   holder=$(pid_of lock)
   drain
   stop_one kube-proxy
@@ -502,7 +505,7 @@ down() {
   if [[ -f $CURRENT && $(cat "$CURRENT") == "$DIR" ]]; then rm -f "$CURRENT"; fi
   # cp/tokens.csv or kubelet/ marks a directory this script populated: never purge anything else.
   if [[ ${NODE_PURGE:-0} == 1 && ( -d $DIR/kubelet || -f $CP/tokens.csv ) ]]; then rm -rf "$DIR"; fi
-  log "down"
+  log "down in $((($(date +%s%N) - start_ns) / 1000000)) ms"
 }
 
 case $CMD in
