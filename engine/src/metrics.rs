@@ -9,12 +9,13 @@
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::dhcp::ClientEvent;
-use crate::manager::{LeaseManager, PacketCounters};
+use crate::manager::{LeaseManager, PacketCounters, ReasonLabel};
 
 /// Who counts IP changes.
 pub enum IpChanges {
@@ -35,6 +36,9 @@ pub struct EngineMetrics {
     packets: PacketCounters,
     clients: Gauge,
 }
+
+/// Discarded replies by reason label.
+pub type RejectedReplies = Family<ReasonLabel, Counter>;
 
 /// One counter's name (without prefix and `_total`), help text and value.
 pub type NamedCounter<'a> = (&'static str, &'static str, &'a Counter);
@@ -92,7 +96,7 @@ impl EngineMetrics {
 
     /// The counters with their names, as [`EngineMetrics::register`] registers them (a front end
     /// that keeps older names registers these same counters under them too).
-    pub fn counters(&self) -> [NamedCounter<'_>; 7] {
+    pub fn counters(&self) -> [NamedCounter<'_>; 6] {
         [
             (
                 "renewals",
@@ -116,12 +120,16 @@ impl EngineMetrics {
                 "DHCP replies received for our MACs",
                 &self.packets.received,
             ),
-            (
-                "replies_rejected",
-                "Replies discarded (wrong xid, client id, malformed...)",
-                &self.packets.rejected,
-            ),
         ]
+    }
+
+    /// Name, help and value of the rejected-replies counter, labelled by `reason`.
+    pub fn rejected(&self) -> (&'static str, &'static str, &RejectedReplies) {
+        (
+            "replies_rejected",
+            "Replies discarded, by reason (wrong_xid, wrong_server, wrong_address, network_address...)",
+            &self.packets.rejected,
+        )
     }
 
     /// Name, help and value of the running-clients gauge.
@@ -138,13 +146,15 @@ impl EngineMetrics {
         for (name, help, counter) in self.counters() {
             registry.register(name, help, counter.clone());
         }
+        let (name, help, rejected) = self.rejected();
+        registry.register(name, help, rejected.clone());
         let (name, help, gauge) = self.clients();
         registry.register(name, help, gauge.clone());
     }
 
     /// Brings the figures read from the engine up to date; called before each encode.
     pub fn refresh(&self) {
-        self.packets.catch_up(self.manager.counters());
+        self.packets.catch_up(self.manager.live_counters());
         self.clients
             .set(i64::try_from(self.manager.keys().len()).unwrap_or(i64::MAX));
     }
@@ -184,7 +194,7 @@ mod tests {
             "dhcpmanager_ip_changes_total 0",
             "dhcpmanager_packets_sent_total 0",
             "dhcpmanager_packets_received_total 0",
-            "dhcpmanager_replies_rejected_total 0",
+            "dhcpmanager_replies_rejected_total{reason=\"wrong_server\"} 0",
             "dhcpmanager_dhcp_clients 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");

@@ -6,6 +6,7 @@ pub mod bootp;
 pub mod capture;
 pub mod chart;
 pub mod cluster;
+pub mod forger;
 pub mod garbage_collector;
 pub mod lab;
 pub mod lab_error;

@@ -81,6 +81,10 @@ fn register_deprecated_names(engine: &EngineMetrics, api: &mut Registry) {
             api.register(old, deprecated(old, name), counter.clone());
         }
     }
+    let (name, _, rejected) = engine.rejected();
+    if let Some(old) = renamed(name) {
+        api.register(old, deprecated(old, name), rejected.clone());
+    }
     let (name, _, gauge) = engine.clients();
     if let Some(old) = renamed(name) {
         api.register(old, deprecated(old, name), gauge.clone());

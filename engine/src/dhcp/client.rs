@@ -16,6 +16,7 @@ use super::record::LeaseRecord;
 use super::reply::{self, Expectation, RejectReason, Reply, ReplyKind};
 use super::state::State;
 use super::timing;
+use super::usable;
 
 /// Link-layer facts about a received reply that the DHCP payload does not carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,20 +191,52 @@ impl Client {
             }
             _ => return vec![rejected(RejectReason::NotExpectingReplies)],
         };
+        // Who may answer and for what (RFC 2131 4.3.2, 4.4.5; reasoning in docs/engine.md):
+        // REQUESTING and RENEWING talk to one server, which alone may ACK or NAK. REBINDING asks
+        // every server, so any may, naming itself. INIT-REBOOT asks every server too: any may
+        // confirm the address, but only the lease's own server may take it away, because a NAK
+        // changes the address a client is announcing and a forger sees every broadcast xid.
+        let record = self.record.as_ref();
+        let (ack_from, nak_from, address) = match self.state {
+            State::Requesting => {
+                let server = self.offer.map(|offer| offer.server);
+                (server, server, self.offer.map(|offer| offer.ip))
+            }
+            State::Renewing => {
+                let server = record.map(|r| r.server_id);
+                (server, server, record.map(|r| r.ip))
+            }
+            State::Rebooting => (None, record.map(|r| r.server_id), record.map(|r| r.ip)),
+            _ => (None, None, record.map(|r| r.ip)),
+        };
         let expect = Expectation {
             xid: self.xid,
             mac: self.cfg.mac,
             client_id: &self.client_id,
             kinds,
-            server: match self.state {
-                State::Requesting => self.offer.map(|offer| offer.server),
-                _ => None,
-            },
+            ack_from,
+            nak_from,
+            address,
         };
         let reply = match reply::parse_reply(payload, &expect) {
             Ok(reply) => reply,
             Err(reason) => return vec![rejected(reason)],
         };
+        if reply.kind != ReplyKind::Nak {
+            let server: Vec<Ipv4Addr> = reply.server_id.into_iter().chain([meta.src_ip]).collect();
+            let offered = usable::Offered {
+                ip: reply.yiaddr,
+                subnet_mask: reply.subnet_mask,
+                routers: &reply.routers,
+                server: &server,
+            };
+            if let Err(why) = usable::check(offered) {
+                return vec![rejected(RejectReason::UnusableAddress {
+                    yiaddr: reply.yiaddr,
+                    why,
+                })];
+            }
+        }
         let mut actions = Vec::new();
         match reply.kind {
             ReplyKind::Offer => self.take_offer(now, &reply, &mut actions),

@@ -15,6 +15,7 @@ use super::record::LeaseRecord;
 use super::reply::RejectReason;
 use super::state::State;
 use super::testkit::*;
+use super::usable::Unusable;
 
 const SEED: u64 = 42;
 
@@ -572,11 +573,25 @@ fn hostile_replies_are_rejected_without_any_state_change() {
             *r == RejectReason::ZeroLeaseTime
         }),
         (good().yiaddr(Ipv4Addr::UNSPECIFIED).bytes(), |r| {
-            matches!(r, RejectReason::BadYiaddr { .. })
+            matches!(r, RejectReason::WrongAddress { .. })
         }),
-        (good().yiaddr(Ipv4Addr::new(224, 0, 0, 1)).bytes(), |r| {
-            matches!(r, RejectReason::BadYiaddr { .. })
+        (good().yiaddr(Ipv4Addr::new(10, 9, 0, 51)).bytes(), |r| {
+            matches!(r, RejectReason::WrongAddress { .. })
         }),
+        (
+            good()
+                .option(DhcpOption::SubnetMask(Ipv4Addr::UNSPECIFIED))
+                .bytes(),
+            |r| {
+                matches!(
+                    r,
+                    RejectReason::UnusableAddress {
+                        why: Unusable::PrefixZero,
+                        ..
+                    }
+                )
+            },
+        ),
         (good().without(OptionCode::MessageType).bytes(), |r| {
             *r == RejectReason::MissingMessageType
         }),
@@ -1146,4 +1161,340 @@ fn the_address_last_held_wins_over_the_requested_ip() {
     let mut client = Client::resume(cfg, held.clone(), held.expires_at, 7);
     let (_, discover) = only_sent(&client.start(held.expires_at));
     assert_eq!(requested_ip(&discover), Some(held.ip));
+}
+
+// --- hostile segment: whom to believe, and which addresses to refuse ----------------------------
+
+/// A client in `state` for the lease of [`bound`], with the REQUEST it just sent and the time.
+fn exchanging_in(state: State) -> (Client, Message, DateTime<Utc>, LeaseRecord) {
+    let (mut client, _) = bound(config(), 3600);
+    let held = record(&client);
+    let (now, actions) = match state {
+        State::Requesting => {
+            let mut client = Client::new(config(), SEED);
+            let (_, discover) = only_sent(&client.start(t0()));
+            let offer = ReplyBuilder::to(&discover, MessageType::Offer).bytes();
+            let (_, request) = only_sent(&client.on_reply(t0(), &offer, meta()));
+            return (client, request, t0(), held);
+        }
+        State::Rebooting => {
+            let now = held.obtained_at + TimeDelta::seconds(10);
+            client = Client::resume(config(), held.clone(), now, SEED);
+            (now, client.start(now))
+        }
+        State::Renewing => (held.renew_at, client.on_timeout(held.renew_at)),
+        State::Rebinding => {
+            client.on_timeout(held.renew_at);
+            (held.rebind_at, client.on_timeout(held.rebind_at))
+        }
+        other => panic!("no exchange in {other}"),
+    };
+    let (_, request) = only_sent(&actions);
+    assert_eq!(client.state(), state);
+    (client, request, now, held)
+}
+
+/// Feeds `reply` and asserts it was refused for `expected` with nothing else changed.
+fn assert_refused(client: &mut Client, now: DateTime<Utc>, reply: &[u8], expected: RejectCheck) {
+    let (state, deadline, held) = (client.state(), client.deadline(), client.record().cloned());
+    let actions = client.on_reply(now, reply, meta());
+    let [Action::Event(ClientEvent::Rejected { reason })] = actions.as_slice() else {
+        panic!("{state}: expected one Rejected event, got {actions:#?}");
+    };
+    assert!(expected(reason), "{state}: {reason:?}");
+    assert_eq!(
+        (client.state(), client.deadline(), client.record().cloned()),
+        (state, deadline, held),
+        "{state}: a refused reply changes nothing"
+    );
+}
+
+const OTHER_SERVER: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
+const OTHER_IP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 66);
+
+#[test]
+fn renewing_takes_an_ack_only_from_the_lease_server_for_the_leased_address() {
+    let (mut client, request, now, held) = exchanging_in(State::Renewing);
+    let ack = || ReplyBuilder::to(&request, MessageType::Ack);
+    let forged = ack().option(DhcpOption::ServerIdentifier(OTHER_SERVER));
+    assert_refused(&mut client, now, &forged.bytes(), |r| {
+        *r == RejectReason::WrongServer {
+            expected: SERVER_ID,
+            got: Some(OTHER_SERVER),
+        }
+    });
+    // The attack: the forger moves the address onto its own IP.
+    let moved = ack()
+        .option(DhcpOption::ServerIdentifier(OTHER_SERVER))
+        .yiaddr(OTHER_SERVER);
+    assert_refused(&mut client, now, &moved.bytes(), |r| {
+        matches!(r, RejectReason::WrongServer { .. })
+    });
+    assert_refused(&mut client, now, &ack().yiaddr(OTHER_IP).bytes(), |r| {
+        *r == RejectReason::WrongAddress {
+            expected: OFFERED_IP,
+            got: OTHER_IP,
+        }
+    });
+    let anonymous = ack().without(OptionCode::ServerIdentifier);
+    assert_refused(&mut client, now, &anonymous.bytes(), |r| {
+        matches!(r, RejectReason::WrongServer { got: None, .. })
+    });
+    // The real server's ACK still renews the same address.
+    let actions = client.on_reply(now, &ack().bytes(), meta());
+    assert_eq!(client.state(), State::Bound);
+    assert_eq!(record(&client).ip, held.ip);
+    assert!(
+        events(&actions)
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Bound { renewal: true, .. }))
+    );
+}
+
+#[test]
+fn rebinding_and_init_reboot_take_an_ack_from_any_server_only_for_the_leased_address() {
+    for state in [State::Rebinding, State::Rebooting] {
+        let (mut client, request, now, held) = exchanging_in(state);
+        let ack = || ReplyBuilder::to(&request, MessageType::Ack);
+        assert_refused(&mut client, now, &ack().yiaddr(OTHER_IP).bytes(), |r| {
+            matches!(r, RejectReason::WrongAddress { got: OTHER_IP, .. })
+        });
+        let moved = ack()
+            .option(DhcpOption::ServerIdentifier(OTHER_SERVER))
+            .yiaddr(OTHER_SERVER);
+        assert_refused(&mut client, now, &moved.bytes(), |r| {
+            matches!(r, RejectReason::WrongAddress { .. })
+        });
+        let anonymous = ack().without(OptionCode::ServerIdentifier);
+        assert_refused(&mut client, now, &anonymous.bytes(), |r| {
+            *r == RejectReason::MissingServerId
+        });
+        // RFC 2131 4.4.5: in REBINDING (and INIT-REBOOT) any server may extend the lease; the
+        // record then names that server for the next RENEWING.
+        let other = ack().option(DhcpOption::ServerIdentifier(OTHER_SERVER));
+        client.on_reply(now, &other.bytes(), meta());
+        assert_eq!(client.state(), State::Bound, "{state}");
+        let renewed = record(&client);
+        assert_eq!(
+            (renewed.ip, renewed.server_id),
+            (held.ip, OTHER_SERVER),
+            "{state}"
+        );
+    }
+}
+
+#[test]
+fn requesting_takes_an_ack_only_for_the_offered_address() {
+    let (mut client, request, now, _) = exchanging_in(State::Requesting);
+    let ack = ReplyBuilder::to(&request, MessageType::Ack).yiaddr(OTHER_IP);
+    assert_refused(&mut client, now, &ack.bytes(), |r| {
+        matches!(r, RejectReason::WrongAddress { .. })
+    });
+}
+
+#[test]
+fn a_nak_counts_only_from_the_server_in_charge() {
+    // REQUESTING: the selected server; RENEWING and INIT-REBOOT: the lease's server.
+    for state in [State::Requesting, State::Renewing, State::Rebooting] {
+        let (mut client, request, now, _) = exchanging_in(state);
+        let nak = || ReplyBuilder::to(&request, MessageType::Nak);
+        let foreign = nak().option(DhcpOption::ServerIdentifier(OTHER_SERVER));
+        assert_refused(&mut client, now, &foreign.bytes(), |r| {
+            *r == RejectReason::WrongServer {
+                expected: SERVER_ID,
+                got: Some(OTHER_SERVER),
+            }
+        });
+        let anonymous = nak().without(OptionCode::ServerIdentifier);
+        assert_refused(&mut client, now, &anonymous.bytes(), |r| {
+            matches!(r, RejectReason::WrongServer { got: None, .. })
+        });
+        let actions = client.on_reply(now, &nak().bytes(), meta());
+        assert_eq!(client.state(), State::Init, "{state}: {actions:#?}");
+    }
+    // REBINDING: any server may NAK, but it must name itself.
+    let (mut client, request, now, _) = exchanging_in(State::Rebinding);
+    let nak = || ReplyBuilder::to(&request, MessageType::Nak);
+    let anonymous = nak().without(OptionCode::ServerIdentifier);
+    assert_refused(&mut client, now, &anonymous.bytes(), |r| {
+        *r == RejectReason::MissingServerId
+    });
+    let other = nak().option(DhcpOption::ServerIdentifier(OTHER_SERVER));
+    let actions = client.on_reply(now, &other.bytes(), meta());
+    assert_eq!(client.state(), State::Init);
+    assert!(actions.contains(&Action::ClearRecord));
+}
+
+/// One kind of bad address: the OFFER's yiaddr, mask and routers.
+struct BadOffer {
+    ip: Ipv4Addr,
+    mask: Option<Ipv4Addr>,
+    routers: Vec<Ipv4Addr>,
+    why: Unusable,
+}
+
+fn bad_offers() -> Vec<BadOffer> {
+    let slash24 = Some(Ipv4Addr::new(255, 255, 255, 0));
+    let router = vec![Ipv4Addr::new(10, 9, 0, 254)];
+    let bad = |ip: [u8; 4], mask: Option<Ipv4Addr>, routers: &Vec<Ipv4Addr>, why| BadOffer {
+        ip: Ipv4Addr::from(ip),
+        mask,
+        routers: routers.clone(),
+        why,
+    };
+    vec![
+        bad([10, 9, 0, 0], slash24, &router, Unusable::NetworkAddress),
+        bad(
+            [10, 9, 0, 255],
+            slash24,
+            &router,
+            Unusable::BroadcastAddress,
+        ),
+        bad([10, 9, 0, 1], slash24, &router, Unusable::ServerAddress),
+        bad([10, 9, 0, 254], slash24, &router, Unusable::RouterAddress),
+        bad([0, 0, 0, 7], slash24, &router, Unusable::ThisNetwork),
+        bad([127, 0, 0, 5], slash24, &router, Unusable::Loopback),
+        bad(
+            [224, 0, 0, 5],
+            slash24,
+            &router,
+            Unusable::MulticastOrReserved,
+        ),
+        bad(
+            [240, 0, 0, 5],
+            slash24,
+            &router,
+            Unusable::MulticastOrReserved,
+        ),
+        bad(
+            [255, 255, 255, 255],
+            slash24,
+            &router,
+            Unusable::MulticastOrReserved,
+        ),
+        bad(
+            [10, 9, 0, 50],
+            Some(Ipv4Addr::UNSPECIFIED),
+            &router,
+            Unusable::PrefixZero,
+        ),
+        bad(
+            [10, 9, 0, 50],
+            Some(Ipv4Addr::BROADCAST),
+            &vec![],
+            Unusable::HostRouteWithoutRouter,
+        ),
+    ]
+}
+
+#[test]
+fn offers_of_unusable_addresses_are_ignored_with_the_reason() {
+    let mut client = Client::new(config(), SEED);
+    let (_, discover) = only_sent(&client.start(t0()));
+    for bad in bad_offers() {
+        let mut offer = ReplyBuilder::to(&discover, MessageType::Offer)
+            .yiaddr(bad.ip)
+            .without(OptionCode::SubnetMask)
+            .option(DhcpOption::Router(bad.routers.clone()));
+        if bad.routers.is_empty() {
+            offer = offer.without(OptionCode::Router);
+        }
+        if let Some(mask) = bad.mask {
+            offer = offer.option(DhcpOption::SubnetMask(mask));
+        }
+        let why = bad.why;
+        let actions = client.on_reply(t0(), &offer.bytes(), meta());
+        assert_eq!(
+            actions,
+            vec![Action::Event(ClientEvent::Rejected {
+                reason: RejectReason::UnusableAddress {
+                    yiaddr: bad.ip,
+                    why
+                }
+            })],
+            "{why:?}"
+        );
+        assert_eq!(client.state(), State::Selecting, "{why:?}");
+    }
+    // A /32 with a router is fine.
+    let offer = ReplyBuilder::to(&discover, MessageType::Offer)
+        .option(DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 255)))
+        .bytes();
+    client.on_reply(t0(), &offer, meta());
+    assert_eq!(client.state(), State::Requesting);
+}
+
+#[test]
+fn acks_that_make_the_address_unusable_are_refused_in_every_state() {
+    for state in [
+        State::Requesting,
+        State::Renewing,
+        State::Rebinding,
+        State::Rebooting,
+    ] {
+        let (mut client, request, now, _) = exchanging_in(state);
+        let ack = || ReplyBuilder::to(&request, MessageType::Ack);
+        let whole_internet = ack().option(DhcpOption::SubnetMask(Ipv4Addr::UNSPECIFIED));
+        assert_refused(&mut client, now, &whole_internet.bytes(), |r| {
+            matches!(
+                r,
+                RejectReason::UnusableAddress {
+                    why: Unusable::PrefixZero,
+                    ..
+                }
+            )
+        });
+        let router = ack().option(DhcpOption::Router(vec![OFFERED_IP]));
+        assert_refused(&mut client, now, &router.bytes(), |r| {
+            matches!(
+                r,
+                RejectReason::UnusableAddress {
+                    why: Unusable::RouterAddress,
+                    ..
+                }
+            )
+        });
+        let bare = ack()
+            .without(OptionCode::SubnetMask)
+            .without(OptionCode::Router);
+        assert_refused(&mut client, now, &bare.bytes(), |r| {
+            matches!(
+                r,
+                RejectReason::UnusableAddress {
+                    why: Unusable::HostRouteWithoutRouter,
+                    ..
+                }
+            )
+        });
+    }
+}
+
+#[test]
+fn every_reject_reason_has_a_metric_label() {
+    let reasons = [
+        RejectReason::WrongServer {
+            expected: SERVER_ID,
+            got: None,
+        },
+        RejectReason::WrongAddress {
+            expected: OFFERED_IP,
+            got: OTHER_IP,
+        },
+        RejectReason::UnusableAddress {
+            yiaddr: OTHER_IP,
+            why: Unusable::NetworkAddress,
+        },
+        RejectReason::MissingServerId,
+    ];
+    let labels: Vec<_> = reasons.iter().map(RejectReason::label).collect();
+    assert_eq!(
+        labels,
+        [
+            "wrong_server",
+            "wrong_address",
+            "network_address",
+            "missing_server_id"
+        ]
+    );
+    assert!(reasons[..3].iter().all(RejectReason::is_suspicious));
 }

@@ -12,6 +12,7 @@ mod record;
 mod reply;
 mod state;
 mod timing;
+mod usable;
 
 pub use client::{Client, ReplyMeta};
 pub use config::{ClientConfig, ClientIdMode, DEFAULT_PARAMETER_REQUEST_LIST, Timing};
@@ -24,6 +25,7 @@ pub use record::LeaseRecord;
 pub use reply::RejectReason;
 pub use state::State;
 pub use timing::LeaseTimes;
+pub use usable::Unusable;
 
 #[cfg(test)]
 mod client_tests;

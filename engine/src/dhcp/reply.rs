@@ -9,6 +9,7 @@ use dhcproto::{Decodable, Decoder};
 use serde::Serialize;
 
 use super::mac::MacAddr;
+use super::usable::Unusable;
 
 /// Why a received datagram was discarded. Serialized for events and logs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -47,18 +48,75 @@ pub enum RejectReason {
     },
     /// Option 61 present but not ours (RFC 6842: MUST discard).
     ClientIdMismatch,
+    /// No option 54 (RFC 2131 table 3: a server MUST send it in OFFER, ACK and NAK).
     MissingServerId,
+    /// An ACK or NAK from a server other than the one this state talks to.
     WrongServer {
         expected: Ipv4Addr,
         got: Option<Ipv4Addr>,
     },
-    BadYiaddr {
+    /// An ACK for an address other than the one requested.
+    WrongAddress {
+        expected: Ipv4Addr,
+        got: Ipv4Addr,
+    },
+    /// An OFFER or ACK whose address is not a usable host address of its subnet.
+    UnusableAddress {
         yiaddr: Ipv4Addr,
+        why: Unusable,
     },
     MissingLeaseTime,
     ZeroLeaseTime,
     /// The client is in a state that expects no reply (BOUND, PROBING, RELEASED, ...).
     NotExpectingReplies,
+}
+
+impl RejectReason {
+    /// The `reason` label of the rejected-replies metric: one per variant, and one per kind of
+    /// unusable address.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RejectReason::Truncated { .. } => "truncated",
+            RejectReason::NotBootReply { .. } => "not_boot_reply",
+            RejectReason::NotEthernet { .. } => "not_ethernet",
+            RejectReason::WrongXid { .. } => "wrong_xid",
+            RejectReason::WrongChaddr { .. } => "wrong_chaddr",
+            RejectReason::BadMagicCookie => "bad_magic_cookie",
+            RejectReason::MalformedOption { .. } => "malformed_option",
+            RejectReason::Undecodable => "undecodable",
+            RejectReason::MissingMessageType => "missing_message_type",
+            RejectReason::UnexpectedMessageType { .. } => "unexpected_message_type",
+            RejectReason::ClientIdMismatch => "client_id_mismatch",
+            RejectReason::MissingServerId => "missing_server_id",
+            RejectReason::WrongServer { .. } => "wrong_server",
+            RejectReason::WrongAddress { .. } => "wrong_address",
+            RejectReason::UnusableAddress { why, .. } => why.label(),
+            RejectReason::MissingLeaseTime => "missing_lease_time",
+            RejectReason::ZeroLeaseTime => "zero_lease_time",
+            RejectReason::NotExpectingReplies => "not_expecting_replies",
+        }
+    }
+
+    /// The labels of the suspicious reasons (see [`RejectReason::is_suspicious`]): metrics show
+    /// them from the start, at 0, so an alert on them needs no series to appear first.
+    pub fn suspicious_labels() -> impl Iterator<Item = &'static str> {
+        ["wrong_server", "wrong_address", "client_id_mismatch"]
+            .into_iter()
+            .chain(Unusable::ALL.iter().map(|why| why.label()))
+    }
+
+    /// Whether the datagram was addressed to us and well formed but said something we must not
+    /// accept (another server, another address, an unusable one): worth a warning in the log,
+    /// unlike the stray and malformed traffic every shared segment carries.
+    pub fn is_suspicious(&self) -> bool {
+        matches!(
+            self,
+            RejectReason::WrongServer { .. }
+                | RejectReason::WrongAddress { .. }
+                | RejectReason::UnusableAddress { .. }
+                | RejectReason::ClientIdMismatch
+        )
+    }
 }
 
 /// The reply types a client can act on.
@@ -76,8 +134,12 @@ pub struct Expectation<'a> {
     pub mac: MacAddr,
     pub client_id: &'a [u8],
     pub kinds: &'a [ReplyKind],
-    /// In REQUESTING: the server whose OFFER was taken; its ACK/NAK must name it.
-    pub server: Option<Ipv4Addr>,
+    /// The server an ACK must name; `None`: any server, but it must name itself.
+    pub ack_from: Option<Ipv4Addr>,
+    /// The server a NAK must name; `None`: any server, but it must name itself.
+    pub nak_from: Option<Ipv4Addr>,
+    /// The address an ACK must carry in `yiaddr`: the one requested.
+    pub address: Option<Ipv4Addr>,
 }
 
 /// A validated reply, reduced to what the client uses.
@@ -287,23 +349,26 @@ fn validate(
     {
         return Err(RejectReason::ClientIdMismatch);
     }
-    if let Some(expected) = expect.server
-        && reply.kind != ReplyKind::Offer
-        && reply.server_id != Some(expected)
-    {
-        return Err(RejectReason::WrongServer {
-            expected,
-            got: reply.server_id,
-        });
-    }
-    if reply.kind == ReplyKind::Offer && reply.server_id.is_none() {
-        return Err(RejectReason::MissingServerId);
-    }
-    if reply.kind != ReplyKind::Nak {
-        let ip = reply.yiaddr;
-        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
-            return Err(RejectReason::BadYiaddr { yiaddr: ip });
+    let must_name = match reply.kind {
+        ReplyKind::Offer => None,
+        ReplyKind::Ack => expect.ack_from,
+        ReplyKind::Nak => expect.nak_from,
+    };
+    match (must_name, reply.server_id) {
+        (Some(expected), got) if got != Some(expected) => {
+            return Err(RejectReason::WrongServer { expected, got });
         }
+        (None, None) => return Err(RejectReason::MissingServerId),
+        _ => {}
+    }
+    if reply.kind == ReplyKind::Ack
+        && let Some(expected) = expect.address
+        && reply.yiaddr != expected
+    {
+        return Err(RejectReason::WrongAddress {
+            expected,
+            got: reply.yiaddr,
+        });
     }
     if reply.kind == ReplyKind::Ack {
         match reply.lease_seconds {
@@ -345,7 +410,9 @@ mod tests {
             mac: CLIENT_MAC,
             client_id,
             kinds: &[ReplyKind::Ack, ReplyKind::Nak],
-            server: Some(SERVER_ID),
+            ack_from: Some(SERVER_ID),
+            nak_from: Some(SERVER_ID),
+            address: Some(OFFERED_IP),
         }
     }
 

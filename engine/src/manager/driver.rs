@@ -175,8 +175,8 @@ impl Driver {
                 }
                 Action::Event(event) => {
                     self.log_event(&event);
-                    if matches!(event, ClientEvent::Rejected { .. }) {
-                        Counters::bump(&self.counters.replies_rejected);
+                    if let ClientEvent::Rejected { reason } = &event {
+                        self.counters.count_rejection(reason);
                     }
                     let _ = self.events.send(KeyedEvent {
                         key: self.key.clone(),
@@ -262,6 +262,12 @@ impl Driver {
 
     fn log_event(&self, event: &ClientEvent) {
         match event {
+            // Stray and malformed traffic is everyday noise on a shared segment; a well-formed
+            // reply to us that we must refuse (another server, address or an unusable one) is
+            // worth an operator's attention.
+            ClientEvent::Rejected { reason } if reason.is_suspicious() => {
+                warn!(key = %self.key, reason = reason.label(), ?event, "dhcp reply refused")
+            }
             ClientEvent::Rejected { .. } | ClientEvent::StateChanged { .. } => {
                 debug!(key = %self.key, ?event, "dhcp")
             }

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 pub use capacity::{Capacity, DEFAULT_MAX_ADDRESSES, KernelLimits, Refusal};
-pub use counters::{CounterSnapshot, Counters, PacketCounters};
+pub use counters::{CounterSnapshot, Counters, PacketCounters, ReasonLabel};
 pub use rate_limit::{Priority, RateLimiter, TokenBucket};
 pub use spec::{AddressSpec, AddressStatus, KeyedEvent};
 
@@ -162,6 +162,11 @@ impl LeaseManager {
     /// Addresses that count against the capacity now (running, starting, prepared).
     pub fn seated(&self) -> usize {
         self.inner.seats.taken()
+    }
+
+    /// The live counters (for [`PacketCounters::catch_up`] and the rejections by reason).
+    pub fn live_counters(&self) -> &Counters {
+        &self.inner.counters
     }
 
     /// Starts holding `spec`. With a `record` that is still valid and has the same MAC the client
