@@ -167,9 +167,11 @@ pub async fn run(args: LeaseArgs) -> Result<(), Error> {
     let spec = spec_for(&args, mac);
     let manager = LeaseManager::new(ManagerConfig::default(), persist_to(args.state.clone()))?;
     let key = spec.key.clone();
+    // Subscribed before the start, so that --hold prints the very first events too.
+    let events = manager.subscribe();
     let mut status = manager.start(spec, recorded).await?;
     if args.hold {
-        return hold(&manager, &key).await;
+        return hold(&manager, &key, events).await;
     }
     let outcome = wait_bound(&mut status, args.timeout).await;
     let interface = status.borrow().interface.clone();
@@ -195,9 +197,12 @@ pub async fn run(args: LeaseArgs) -> Result<(), Error> {
 }
 
 /// `--hold`: print events until a signal, then stop without releasing.
-async fn hold(manager: &LeaseManager, key: &str) -> Result<(), Error> {
+async fn hold(
+    manager: &LeaseManager,
+    key: &str,
+    mut events: tokio::sync::broadcast::Receiver<dhcpmanager_engine::manager::KeyedEvent>,
+) -> Result<(), Error> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut events = manager.subscribe();
     let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
     loop {
