@@ -59,8 +59,11 @@ impl ForgedServer {
                 for reply in script(&request) {
                     let bytes = reply.to_vec().expect("a crafted reply encodes");
                     let to = SocketAddrV4::new(Ipv4Addr::BROADCAST, 68);
-                    if socket.send_to(&bytes, to).is_ok() {
-                        counting.fetch_add(1, Ordering::Relaxed);
+                    // Counted before it is on the wire, so a test that saw the client react
+                    // to it also sees it counted.
+                    counting.fetch_add(1, Ordering::Relaxed);
+                    if socket.send_to(&bytes, to).is_err() {
+                        counting.fetch_sub(1, Ordering::Relaxed);
                     }
                 }
             }

@@ -215,7 +215,7 @@ fn real_server_renews_the_same_address(
 
 fn forged_acks_are_ignored(phase: Phase, mac: &str) {
     let lab = kea_lab();
-    let (mut held, ip, before, mut kea, forger) =
+    let (mut held, ip, before, mut kea, _forger) =
         held_address_under_attack(&lab, mac, phase, forge_acks);
     let first = held.wait_for("the first forgery refused", STEP, refused);
     let second = held.wait_for("the second forgery refused", STEP, refused);
@@ -227,7 +227,6 @@ fn forged_acks_are_ignored(phase: Phase, mac: &str) {
         Phase::Rebinding | Phase::InitReboot => ["wrongAddress", "wrongAddress"],
     };
     assert_eq!(reasons, expected, "{phase:?}: {:#?}", held.seen);
-    assert!(forger.sent() >= 2);
     real_server_renews_the_same_address(&lab, &mut held, ip, before, &mut kea);
 }
 
@@ -248,12 +247,11 @@ fn kea_forged_acks_at_init_reboot_are_ignored() {
 
 fn foreign_nak_is_ignored(phase: Phase, mac: &str) {
     let lab = kea_lab();
-    let (mut held, ip, before, mut kea, forger) =
+    let (mut held, ip, before, mut kea, _forger) =
         held_address_under_attack(&lab, mac, phase, forge_nak);
     let refusal = held.wait_for("the foreign NAK refused", STEP, refused);
     assert_eq!(refusal["reason"]["reason"], "wrongServer", "{phase:?}");
     assert_eq!(refusal["reason"]["got"], FORGER_ADDR.to_string());
-    assert!(forger.sent() >= 1);
     real_server_renews_the_same_address(&lab, &mut held, ip, before, &mut kea);
 }
 
