@@ -53,6 +53,17 @@ pub enum Error {
     ConfigRead(std::path::PathBuf, #[source] std::io::Error),
     #[error("invalid configuration in {0}: {1}")]
     ConfigInvalid(String, String),
+    #[error("instance id {0}")]
+    InstanceId(String),
+    #[error(
+        "state-dir {} is in use by {holder}: only one instance may use a state directory \
+         (nothing was changed; stop the other instance or give this one its own state-dir)",
+        .dir.display()
+    )]
+    StateDirInUse {
+        dir: std::path::PathBuf,
+        holder: String,
+    },
 }
 
 impl Error {
@@ -69,6 +80,7 @@ impl Error {
             Error::Value(_) => "value",
             Error::StateFile { .. } | Error::StateFormat { .. } => "state_file",
             Error::ConfigRead(..) | Error::ConfigInvalid(..) => "config",
+            Error::InstanceId(_) | Error::StateDirInUse { .. } => "instance",
         }
     }
 }

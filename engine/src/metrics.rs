@@ -171,7 +171,12 @@ mod tests {
 
     /// A manager that runs no client (it opens an rtnetlink socket, nothing more).
     fn idle_manager() -> LeaseManager {
-        LeaseManager::new(ManagerConfig::default(), Arc::new(|_, _| {})).unwrap()
+        LeaseManager::new(
+            crate::instance::InstanceId::derived("test", "metrics"),
+            ManagerConfig::default(),
+            Arc::new(|_, _| {}),
+        )
+        .unwrap()
     }
 
     fn exposition(metrics: &EngineMetrics) -> String {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use dhcpmanager_engine::Error;
 use dhcpmanager_engine::dhcp::{LeaseRecord, MacAddr};
+use dhcpmanager_engine::instance::InstanceId;
 use dhcpmanager_engine::manager::{LeaseManager, ManagerConfig};
 use dhcpmanager_engine::net::links::DEFAULT_RETIRED_LINK_GROUP;
 use dhcpmanager_engine::net::{
@@ -28,6 +29,16 @@ const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Safety net for waiting on an external process to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The instance the tests' links belong to.
+fn test_owner() -> InstanceId {
+    InstanceId::derived("test", "net-netns")
+}
+
+/// The alias of `key`'s link for [`test_owner`].
+fn alias(key: &str) -> String {
+    link_alias(&test_owner(), key)
+}
 
 fn mac_of(i: u16) -> [u8; 6] {
     let [hi, lo] = i.to_be_bytes();
@@ -276,7 +287,7 @@ fn fifty_macvlans_in_a_group_are_listed_and_deleted_in_one_request() {
                     &name,
                     mac_of(i),
                     DEFAULT_LINK_GROUP,
-                    &link_alias(&identity),
+                    &alias(&identity),
                 )
                 .await
                 .unwrap();
@@ -311,7 +322,7 @@ fn fifty_macvlans_in_a_group_are_listed_and_deleted_in_one_request() {
             .expect("created link is listed");
         assert_eq!(&link.name, name);
         assert_eq!(&link.mac, mac);
-        assert_eq!(link.alias.as_deref(), Some(link_alias(identity).as_str()));
+        assert_eq!(link.alias.as_deref(), Some(alias(identity).as_str()));
         assert_eq!(link.parent_ifindex, Some(parent_index));
     }
     assert!(listed_after.is_empty());
@@ -325,12 +336,12 @@ fn fifty_macvlans_in_a_group_are_listed_and_deleted_in_one_request() {
 }
 
 #[test]
-fn create_macvlan_adopts_an_identical_link_and_replaces_a_different_one() {
+fn create_macvlan_adopts_an_identical_link_replaces_a_different_one_and_leaves_others_alone() {
     let pair = NetnsPair::new();
     let ns = pair.a.clone();
     in_netns(&pair.a, move || async move {
         let links = Links::connect().unwrap();
-        let alias = link_alias("test/adopt");
+        let alias = alias("test/adopt");
         let name = link_name("test/adopt");
         let first = links
             .create_macvlan("va", &name, mac_of(1), DEFAULT_LINK_GROUP, &alias)
@@ -342,10 +353,8 @@ fn create_macvlan_adopts_an_identical_link_and_replaces_a_different_one() {
             .unwrap();
         assert_eq!(first, again, "an identical link is adopted, not recreated");
 
-        // A restarted agent adopts a link whose alias or group got lost, and restores them.
-        run(&[
-            "ip", "-n", &ns, "link", "set", &name, "group", "default", "alias", "x",
-        ]);
+        // A restarted instance adopts its link whose group got lost, and restores it.
+        run(&["ip", "-n", &ns, "link", "set", &name, "group", "default"]);
         let adopted = links
             .create_macvlan("va", &name, mac_of(1), DEFAULT_LINK_GROUP, &alias)
             .await
@@ -364,7 +373,53 @@ fn create_macvlan_adopts_an_identical_link_and_replaces_a_different_one() {
         assert_eq!(ours.len(), 1);
         assert_eq!(ours[0].mac, mac_of(2));
 
-        // Not a macvlan at all (a veth of the same name): replaced by our macvlan.
+        // A link of that name that does not say it is ours (here: its alias was changed) is
+        // neither adopted nor replaced.
+        run(&["ip", "-n", &ns, "link", "set", &name, "alias", "x"]);
+        match links
+            .create_macvlan("va", &name, mac_of(2), DEFAULT_LINK_GROUP, &alias)
+            .await
+        {
+            Err(LinkError::NotOurs { alias, .. }) => assert_eq!(alias.as_deref(), Some("x")),
+            other => panic!("expected NotOurs, got {other:?}"),
+        }
+        let another_owner = link_alias(&InstanceId::derived("test", "other"), "test/adopt");
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "link",
+            "set",
+            &name,
+            "alias",
+            &another_owner,
+        ]);
+        assert!(matches!(
+            links
+                .create_macvlan("va", &name, mac_of(2), DEFAULT_LINK_GROUP, &alias)
+                .await,
+            Err(LinkError::NotOurs { .. })
+        ));
+        // The link of a dhcpmanager from before owner ids, for the same address: taken over.
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "link",
+            "set",
+            &name,
+            "alias",
+            "dhcpmanager:test/adopt",
+        ]);
+        let upgraded = links
+            .create_macvlan("va", &name, mac_of(2), DEFAULT_LINK_GROUP, &alias)
+            .await
+            .unwrap();
+        assert_eq!(upgraded, replaced);
+        let ours = links.list_ours(DEFAULT_LINK_GROUP).await.unwrap();
+        assert_eq!(ours[0].alias.as_deref(), Some(alias.as_str()));
+
+        // Not ours at all (a veth of the same name, no alias): left alone.
         let other_name = link_name("test/not-macvlan");
         run(&[
             "ip",
@@ -379,20 +434,15 @@ fn create_macvlan_adopts_an_identical_link_and_replaces_a_different_one() {
             "name",
             "vpeer",
         ]);
-        links
-            .create_macvlan("va", &other_name, mac_of(4), DEFAULT_LINK_GROUP, &alias)
-            .await
-            .unwrap();
+        assert!(matches!(
+            links
+                .create_macvlan("va", &other_name, mac_of(4), DEFAULT_LINK_GROUP, &alias)
+                .await,
+            Err(LinkError::NotOurs { alias: None, .. })
+        ));
         let details = run(&["ip", "-n", &ns, "-d", "-o", "link", "show", &other_name]);
-        assert!(details.contains("macvlan mode bridge"), "{details}");
-        let after_replace = links.list_ours(DEFAULT_LINK_GROUP).await.unwrap();
-        assert_eq!(after_replace.len(), 2);
-        let replacement = after_replace
-            .iter()
-            .find(|l| l.name == other_name)
-            .unwrap()
-            .ifindex;
-        links.delete(replacement).await.unwrap();
+        assert!(details.contains("veth"), "{details}");
+        assert_eq!(links.list_ours(DEFAULT_LINK_GROUP).await.unwrap().len(), 1);
 
         let shown = run(&["ip", "-n", &ns, "-o", "link", "show", &name]);
         assert!(
@@ -495,7 +545,7 @@ fn a_retired_link_is_silent_in_the_retired_group_and_holds_its_mac_until_deleted
         assert_eq!(retired_group, DEFAULT_RETIRED_LINK_GROUP);
         let old = link_name("test/retire-old");
         let old_index = links
-            .create_macvlan("va", &old, mac_of(1), DEFAULT_LINK_GROUP, &link_alias("a"))
+            .create_macvlan("va", &old, mac_of(1), DEFAULT_LINK_GROUP, &alias("a"))
             .await
             .unwrap();
         let details = link_details(&ns, &old).unwrap();
@@ -527,7 +577,7 @@ fn a_retired_link_is_silent_in_the_retired_group_and_holds_its_mac_until_deleted
         // before it reuses a MAC.
         let new = link_name("test/retire-new");
         let busy = links
-            .create_macvlan("va", &new, mac_of(1), DEFAULT_LINK_GROUP, &link_alias("b"))
+            .create_macvlan("va", &new, mac_of(1), DEFAULT_LINK_GROUP, &alias("b"))
             .await;
         assert!(busy.is_err(), "{busy:?}");
         assert_eq!(
@@ -541,7 +591,7 @@ fn a_retired_link_is_silent_in_the_retired_group_and_holds_its_mac_until_deleted
         let delete_time = start.elapsed();
         assert_eq!(link_details(&ns, &old), None, "the retired link is deleted");
         let new_index = links
-            .create_macvlan("va", &new, mac_of(1), DEFAULT_LINK_GROUP, &link_alias("b"))
+            .create_macvlan("va", &new, mac_of(1), DEFAULT_LINK_GROUP, &alias("b"))
             .await
             .expect("the MAC is free once the retired link is deleted");
         let ours = links.list_ours(DEFAULT_LINK_GROUP).await.unwrap();
@@ -555,7 +605,11 @@ fn a_retired_link_is_silent_in_the_retired_group_and_holds_its_mac_until_deleted
 
 /// A lease manager that persists nothing.
 fn manager(config: ManagerConfig) -> Result<LeaseManager, Error> {
-    LeaseManager::new(config, Arc::new(|_: &str, _: Option<&LeaseRecord>| {}))
+    LeaseManager::new(
+        test_owner(),
+        config,
+        Arc::new(|_: &str, _: Option<&LeaseRecord>| {}),
+    )
 }
 
 #[test]
@@ -598,7 +652,7 @@ fn retiring_takes_one_request_and_deleting_retired_links_one_more() {
                     &link_name(&identity),
                     mac_of(100 + i),
                     DEFAULT_LINK_GROUP,
-                    &link_alias(&identity),
+                    &alias(&identity),
                 )
                 .await
                 .unwrap();
@@ -642,7 +696,7 @@ fn create_macvlan_replaces_a_retired_link_of_the_same_name() {
     in_netns(&pair.a, move || async move {
         let links = Links::connect().unwrap();
         let name = link_name("test/comeback");
-        let alias = link_alias("test/comeback");
+        let alias = alias("test/comeback");
         let first = links
             .create_macvlan("va", &name, mac_of(5), DEFAULT_LINK_GROUP, &alias)
             .await
@@ -750,13 +804,7 @@ fn discover_through_the_packet_socket_gets_an_offer_with_and_without_broadcast_f
         let links = Links::connect().unwrap();
         let mac = mac_of(7);
         let index = links
-            .create_macvlan(
-                "va",
-                "dmoffer",
-                mac,
-                DEFAULT_LINK_GROUP,
-                &link_alias("offer"),
-            )
+            .create_macvlan("va", "dmoffer", mac, DEFAULT_LINK_GROUP, &alias("offer"))
             .await
             .unwrap();
         let socket = DhcpSocket::open(index, mac).unwrap();
@@ -1163,4 +1211,82 @@ fn a_created_link_sends_no_ipv6_and_needs_no_writable_proc_sys() {
         "{} IPv6 frames left with our MAC",
         from_ours.len()
     );
+}
+
+#[test]
+fn managers_of_different_instances_never_remove_each_others_links() {
+    let pair = NetnsPair::new();
+    let ns = pair.a.clone();
+    // A second parent next to `va` (a veth pair: the test kernel has no dummy driver).
+    run(&[
+        "ip", "-n", &ns, "link", "add", "p2", "type", "veth", "peer", "name", "p2peer",
+    ]);
+    run(&["ip", "-n", &ns, "link", "set", "p2", "up"]);
+    in_netns(&pair.a, move || async move {
+        let owner = |name| InstanceId::derived("test", name);
+        let persist = || Arc::new(|_: &str, _: Option<&LeaseRecord>| {});
+        let a = LeaseManager::new(owner("a"), ManagerConfig::default(), persist()).unwrap();
+        let b = LeaseManager::new(owner("b"), ManagerConfig::default(), persist()).unwrap();
+        let a_link = a.prepare("a/1", "va", MacAddr(mac_of(500))).await.unwrap();
+        let b_on_va = b.prepare("b/1", "va", MacAddr(mac_of(501))).await.unwrap();
+        let b_on_p2 = b.prepare("b/2", "p2", MacAddr(mac_of(502))).await.unwrap();
+        // A link of a dhcpmanager from before owner ids, in the same group.
+        let legacy = link_name("legacy/1");
+        a.links()
+            .create_macvlan(
+                "va",
+                &legacy,
+                mac_of(503),
+                DEFAULT_LINK_GROUP,
+                "dhcpmanager:legacy/1",
+            )
+            .await
+            .unwrap();
+        let b_names = [
+            b_on_va.interface().to_owned(),
+            b_on_p2.interface().to_owned(),
+        ];
+        let a_name = a_link.interface().to_owned();
+        let exists = |name: &str| link_details(&ns, name).is_some();
+
+        // B's prepared links are claimed; A sees them as not its own either way.
+        assert_eq!(a.remove_orphan_links(|_| false).await.unwrap(), 0);
+        assert_eq!(b.remove_orphan_links(|_| false).await.unwrap(), 0);
+        // B "crashes": its links stay, unclaimed.
+        drop(b_on_va);
+        drop(b_on_p2);
+        assert_eq!(a.remove_orphan_links(|_| false).await.unwrap(), 0);
+        assert!(
+            b_names.iter().all(|n| exists(n)),
+            "A's sweep left B's links"
+        );
+        // A stops everything: only its own link goes.
+        drop(a_link);
+        a.stop_all().await.unwrap();
+        assert!(!exists(&a_name), "A's own link is removed by its stop_all");
+        assert!(
+            b_names.iter().all(|n| exists(n)),
+            "A's stop_all left B's links"
+        );
+        assert!(exists(&legacy), "an unowned link is nobody's to remove");
+        // B, restarted with the same id, finds its leftovers on both parents and sweeps them.
+        assert_eq!(b.remove_orphan_links(|_| false).await.unwrap(), 2);
+        assert!(b_names.iter().all(|n| !exists(n)));
+        assert!(exists(&legacy));
+        // The same key under another owner is refused, not taken over.
+        let taken = a.prepare("legacy/1", "va", MacAddr(mac_of(503))).await;
+        assert!(
+            taken.is_ok(),
+            "an unowned link of the same key is taken over: {taken:?}"
+        );
+        let b_key = b
+            .prepare("shared/1", "va", MacAddr(mac_of(504)))
+            .await
+            .unwrap();
+        match a.prepare("shared/1", "va", MacAddr(mac_of(504))).await {
+            Err(Error::Link(LinkError::NotOurs { .. })) => {}
+            other => panic!("expected NotOurs, got {other:?}"),
+        }
+        assert!(exists(b_key.interface()), "the refusal changed nothing");
+    });
 }

@@ -10,6 +10,8 @@
 #   up NAME | down NAME
 #   node NAME N                       another node: namespace NAME-agN (N = 2..9) with its own
 #                                     "lab0" on the same segment; prints the namespace
+#   parent NAME N                     another parent interface "labN" (N = 1..9) in NAME-ag on the
+#                                     same segment (two parents on one host); prints its name
 #   start NAME dnsmasq|kea|dhcpd [lease=S] [t1=S] [t2=S] [addr=10.77.0.1|10.77.0.2] [authoritative[=0|1]]
 #                                [range=FIRST-LAST]
 #   stop NAME SERVER [addr=A]         (without addr: that server on every address)
@@ -121,6 +123,20 @@ node() {
     "net.ipv4.conf.$PARENT.rp_filter=0"
   ip netns exec "$ag" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
   echo "$ag"
+}
+
+# a second parent interface in the agent namespace: labN, its bridge port p-labN
+second_parent() {
+  local name=$1 n=$2 srv ag
+  [[ $n =~ ^[1-9]$ ]] || die "parent number must be 1..9, not '$n'"
+  srv="$name-srv"; ag=$(ag_ns "$name")
+  ns_exists "$ag" || die "lab $name is not up"
+  ip link add "p-lab$n" netns "$srv" type veth peer name "lab$n" netns "$ag"
+  ip -n "$srv" link set "p-lab$n" master "$SRV_IFACE"
+  ip -n "$srv" link set "p-lab$n" up
+  ip -n "$ag" link set "lab$n" up
+  ip netns exec "$ag" sysctl -qw "net.ipv4.conf.lab$n.rp_filter=0"
+  echo "lab$n"
 }
 
 down() {
@@ -333,6 +349,7 @@ main() {
     up) up "$name" ;;
     down) down "$name" ;;
     node) [ $# -eq 1 ] || usage; node "$name" "$1" ;;
+    parent) [ $# -eq 1 ] || usage; second_parent "$name" "$1" ;;
     start) [ $# -ge 1 ] || usage; start "$name" "$@" ;;
     stop) [ $# -ge 1 ] || usage; stop "$name" "$@" ;;
     leases) [ $# -ge 1 ] || usage; leases "$name" "$@" ;;

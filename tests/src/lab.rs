@@ -171,6 +171,12 @@ impl Lab {
         Ok(self.script("node", &[n.to_string()])?.trim().to_string())
     }
 
+    /// Adds parent interface `lab<n>` (1..=9) to [`Lab::agent_ns`], on the same segment as
+    /// [`Lab::parent`]: two parents on one host. Returns its name.
+    pub fn add_parent(&self, n: u8) -> Result<String, LabError> {
+        Ok(self.script("parent", &[n.to_string()])?.trim().to_string())
+    }
+
     /// `ip netns exec <agent ns> PROGRAM`: add arguments and run it.
     pub fn run_in_agent(&self, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new("ip");

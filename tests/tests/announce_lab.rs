@@ -174,6 +174,7 @@ fn only_the_lease_mac_answers_arp_and_carries_the_replies() {
     let node_ns = NetNs::open(Path::new(&format!("/run/netns/{node}"))).unwrap();
     let (manager, leased) = runtime.block_on(async {
         let manager = LeaseManager::new(
+            dhcpmanager_engine::instance::InstanceId::derived("test", "announce"),
             ManagerConfig {
                 netns: node_ns.clone(),
                 ..ManagerConfig::default()

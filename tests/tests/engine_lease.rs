@@ -536,6 +536,7 @@ fn fifty_at_once(server: Server) {
             .unwrap();
         runtime.block_on(async move {
             let manager = LeaseManager::new(
+                dhcpmanager_engine::instance::InstanceId::derived("test", "fifty"),
                 ManagerConfig::default(),
                 Arc::new(|_: &str, _: Option<&_>| {}),
             )

@@ -36,6 +36,7 @@ use dhcpmanager_engine::manager::{
     AddressSpec, LeaseManager, ManagerConfig, PersistFn, wait_bound,
 };
 use dhcpmanager_engine::metrics::{EngineMetrics, IpChanges};
+use dhcpmanager_engine::state_dir::StateDirLock;
 use futures::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
 use tokio::runtime::Handle;
@@ -122,6 +123,9 @@ pub enum StandaloneError {
     Manager(#[from] dhcpmanager_engine::Error),
     #[error("the standalone backend must be opened inside a tokio runtime")]
     NoRuntime,
+    /// Another instance holds the state directory, or it cannot be locked.
+    #[error("{0}")]
+    StateDir(#[source] dhcpmanager_engine::Error),
 }
 
 pub struct StandaloneBackend {
@@ -137,6 +141,8 @@ struct Core {
     spares: SpareLinks,
     runtime: Handle,
     options: StandaloneOptions,
+    /// Held while any part of the backend runs: allocation tasks hold the core.
+    _lock: StateDirLock,
 }
 
 /// The part the manager's persistence callback reaches (it must not hold the manager). Writes are
@@ -157,6 +163,10 @@ impl StandaloneBackend {
         options: StandaloneOptions,
     ) -> Result<Arc<StandaloneBackend>, StandaloneError> {
         let runtime = Handle::try_current().map_err(|_| StandaloneError::NoRuntime)?;
+        // First of all: nothing on disk or on the network changes before this instance knows it
+        // is the only one using the directory (and so the only owner of the links it names).
+        let lock = StateDirLock::acquire(&options.state_dir).map_err(StandaloneError::StateDir)?;
+        info!(state_dir = %options.state_dir.display(), instance = %lock.instance(), "state directory locked");
         let (store, loaded) = Store::open(&options.state_dir)?;
         for skipped in &loaded.skipped {
             error!(path = %skipped.path.display(), problem = %skipped.problem, "skipping an unreadable store file");
@@ -183,7 +193,7 @@ impl StandaloneBackend {
                 shared.on_record(id, record.cloned())
             })
         };
-        let manager = LeaseManager::new(options.manager.clone(), persist)?;
+        let manager = LeaseManager::new(lock.instance().clone(), options.manager.clone(), persist)?;
         // Before recovery, so that the resumed clients' renewals count too.
         let engine_metrics = EngineMetrics::spawn(
             manager.clone(),
@@ -195,6 +205,7 @@ impl StandaloneBackend {
             spares: SpareLinks::default(),
             runtime,
             options,
+            _lock: lock,
         });
         core.recover(plan).await;
         let pool = core.shared.book().pool().clone();

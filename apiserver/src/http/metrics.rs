@@ -190,7 +190,12 @@ mod tests {
 
     #[tokio::test]
     async fn engine_metrics_carry_the_agents_names_and_the_old_ones_until_0_2() {
-        let manager = LeaseManager::new(ManagerConfig::default(), Arc::new(|_, _| {})).unwrap();
+        let manager = LeaseManager::new(
+            dhcpmanager_engine::instance::InstanceId::derived("test", "metrics"),
+            ManagerConfig::default(),
+            Arc::new(|_, _| {}),
+        )
+        .unwrap();
         let ip_changes = Counter::default();
         ip_changes.inc();
         let engine = EngineMetrics::spawn(manager, IpChanges::CountedBy(ip_changes));

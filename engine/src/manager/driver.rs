@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::PersistFn;
 use super::counters::Counters;
+use super::owned_links::OwnedLinks;
 use super::rate_limit::{Priority, RateLimiter};
 use super::spec::{AddressStatus, KeyedEvent};
 use crate::dhcp::{
@@ -22,7 +23,6 @@ use crate::net::arp::{self, ProbeTiming};
 
 /// RFC 5227 ANNOUNCE_INTERVAL: the second gratuitous ARP follows the first after this.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
-use crate::net::links::Links;
 use crate::net::packet_socket::DhcpSocket;
 
 /// What the manager may ask of a running address.
@@ -40,7 +40,7 @@ pub(super) struct Driver {
     pub client: Client,
     pub socket: DhcpSocket,
     pub ifindex: u32,
-    pub links: Links,
+    pub links: OwnedLinks,
     pub limiter: Arc<RateLimiter>,
     pub persist: PersistFn,
     pub events: broadcast::Sender<KeyedEvent>,
@@ -229,7 +229,7 @@ impl Driver {
             prefix_len,
             gateway,
         };
-        match announce::install(&self.links, &announcement).await {
+        match announce::install(self.links.netlink(), &announcement).await {
             Ok(()) => self.announced = Some(announcement),
             Err(error) => {
                 warn!(key = %self.key, %error, "isolating the address on its link failed");
@@ -254,7 +254,7 @@ impl Driver {
     /// rule would not).
     async fn withdraw(&mut self) {
         if let Some(announcement) = self.announced.take()
-            && let Err(error) = announce::withdraw(&self.links, &announcement).await
+            && let Err(error) = announce::withdraw(self.links.netlink(), &announcement).await
         {
             warn!(key = %self.key, %error, "withdrawing the announcement failed");
         }

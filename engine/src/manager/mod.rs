@@ -8,6 +8,7 @@
 mod capacity;
 mod counters;
 mod driver;
+pub mod owned_links;
 mod rate_limit;
 mod reaper;
 mod spec;
@@ -19,21 +20,23 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::warn;
 
 pub use capacity::{Capacity, DEFAULT_MAX_ADDRESSES, KernelLimits, Refusal};
 pub use counters::{CounterSnapshot, Counters, PacketCounters, ReasonLabel};
+pub use owned_links::OwnedLinks;
 pub use rate_limit::{Priority, RateLimiter, TokenBucket};
 pub use spec::{AddressSpec, AddressStatus, KeyedEvent};
 
 use crate::dhcp::{Client, LeaseRecord, State};
 use crate::error::Error;
+use crate::instance::InstanceId;
 use crate::net::NetNs;
 use crate::net::arp::ProbeTiming;
 use crate::net::links::{self, Links};
 use crate::net::packet_socket::DhcpSocket;
 use driver::{Command, Driver};
-use reaper::Reaper;
+use owned_links::Claim;
 
 /// Called with every change of an address's lease record (`None`: the lease is gone). It runs
 /// on the address's task: keep it quick (hand off to a channel for slow storage).
@@ -77,10 +80,11 @@ struct Running {
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<AddressStatus>,
     task: JoinHandle<()>,
-    ifindex: u32,
     mac: crate::dhcp::MacAddr,
     /// Its place in the capacity, given back when it is removed.
     _seat: capacity::Seat,
+    /// Keeps the orphan sweep off the link while the address runs.
+    _claim: Claim,
 }
 
 /// Holds leases for many addresses. Cheap to clone; all clones share the same addresses.
@@ -91,23 +95,27 @@ pub struct LeaseManager {
 
 struct Inner {
     config: ManagerConfig,
-    links: Links,
+    links: OwnedLinks,
     limiter: Arc<RateLimiter>,
     persist: PersistFn,
     events: broadcast::Sender<KeyedEvent>,
     counters: Arc<Counters>,
     running: Mutex<HashMap<String, Running>>,
-    /// Keys between "link created" and "running" (prepared links included): the orphan sweep
-    /// must not take their links.
-    starting: KeySet,
-    reaper: Reaper,
     seats: capacity::Seats,
 }
 
 impl LeaseManager {
     /// A manager whose links live in `config.netns`, on the current runtime (which also runs
     /// the task deleting retired links).
-    pub fn new(config: ManagerConfig, persist: PersistFn) -> Result<Self, Error> {
+    ///
+    /// `owner` is the instance whose links these are: written on every link, and the only links
+    /// this manager adopts, sweeps or removes (see [`owned_links`]). It must stay the same across
+    /// restarts of the same instance and differ between instances that share a network namespace.
+    pub fn new(
+        owner: InstanceId,
+        config: ManagerConfig,
+        persist: PersistFn,
+    ) -> Result<Self, Error> {
         let retired = config.retired_link_group;
         if retired == 0 || retired == config.link_group {
             return Err(links::LinkError::RetiredGroup {
@@ -116,7 +124,7 @@ impl LeaseManager {
             }
             .into());
         }
-        let links = config
+        let netlink = config
             .netns
             .run(Links::connect)
             .map_err(|source| Error::Socket {
@@ -124,6 +132,7 @@ impl LeaseManager {
                 source,
             })??
             .with_retired_group(retired);
+        let links = OwnedLinks::new(netlink, owner, config.link_group);
         let (events, _) = broadcast::channel(4096);
         Ok(LeaseManager {
             inner: Arc::new(Inner {
@@ -134,15 +143,19 @@ impl LeaseManager {
                 events,
                 counters: Arc::new(Counters::default()),
                 running: Mutex::new(HashMap::new()),
-                starting: KeySet::default(),
-                reaper: Reaper::spawn(links.clone()),
                 links,
             }),
         })
     }
 
+    /// The rtnetlink connection of the manager's links (tests and benchmarks inspect them).
     pub fn links(&self) -> &Links {
-        &self.inner.links
+        self.inner.links.netlink()
+    }
+
+    /// The instance whose links this manager keeps.
+    pub fn owner(&self) -> &InstanceId {
+        self.inner.links.owner()
     }
 
     /// Every client event of every address, as it happens.
@@ -207,21 +220,25 @@ impl LeaseManager {
                 key: key.to_owned(),
                 refusal,
             })?;
-        let reserved = Starting::new(self.inner.starting.clone(), key);
-        let (name, ifindex) = self.create_link(key, parent, mac).await?;
-        match self.open_socket(ifindex, mac) {
+        let owned_links::CreatedLink {
+            name,
+            ifindex,
+            claim,
+        } = self.inner.links.create(key, parent, mac).await?;
+        match open_socket(&self.inner.config.netns, ifindex, mac) {
             Ok(socket) => Ok(PreparedLink {
                 key: key.to_owned(),
                 mac,
+                parent: parent.to_owned(),
                 name,
                 ifindex,
                 socket,
-                _reserved: reserved,
+                claim,
                 seat,
             }),
             Err(error) => {
                 // Leave nothing behind for an address we could not start.
-                let _ = self.retire_link(ifindex, mac).await;
+                let _ = self.inner.links.retire(ifindex, mac).await;
                 Err(Error::Socket {
                     interface: name,
                     source: error,
@@ -232,35 +249,19 @@ impl LeaseManager {
 
     /// Retires a prepared link that will not be used (see [`LeaseManager::settle_links`]).
     pub async fn discard(&self, link: PreparedLink) -> Result<(), Error> {
-        self.retire_link(link.ifindex, link.mac).await
-    }
-
-    /// Silences the link and leaves its deletion to the reaper, which deletes every retired
-    /// link with one request; a link that cannot be retired is deleted at once.
-    async fn retire_link(&self, ifindex: u32, mac: crate::dhcp::MacAddr) -> Result<(), Error> {
-        match self.inner.links.retire(ifindex).await {
-            Ok(()) => {
-                self.inner.reaper.retired(mac.octets());
-                Ok(())
-            }
-            Err(error) => {
-                warn!(ifindex, %error, "retiring the link failed; deleting it now");
-                self.inner.links.delete(ifindex).await?;
-                Ok(())
-            }
-        }
+        self.inner.links.retire(link.ifindex, link.mac).await
     }
 
     /// Whether a retired link, not deleted yet, holds `mac`: a new link with it would wait.
     pub fn mac_in_retired_link(&self, mac: crate::dhcp::MacAddr) -> bool {
-        self.inner.reaper.holds(mac.octets())
+        self.inner.links.mac_in_retired_link(mac)
     }
 
     /// Completes once every link retired before the call (by a release, a stop that removes
     /// its link, a discard) has been deleted: for clean shutdowns and for tests. An error says
     /// the last group delete failed and retired links may be left for the next orphan sweep.
     pub fn settle_links(&self) -> impl std::future::Future<Output = Result<(), Error>> + 'static {
-        let settled = self.inner.reaper.settled();
+        let settled = self.inner.links.settled();
         async move { Ok(settled.await?) }
     }
 
@@ -284,7 +285,7 @@ impl LeaseManager {
             ifindex,
             socket,
             mac,
-            _reserved,
+            claim,
             seat,
             ..
         } = link;
@@ -345,46 +346,12 @@ impl LeaseManager {
                 commands: commands_tx,
                 status: status_rx.clone(),
                 task,
-                ifindex,
                 mac,
                 _seat: seat,
+                _claim: claim,
             },
         );
         Ok(status_rx)
-    }
-
-    /// The macvlan of `key` (created, or adopted when it survived a restart): name and ifindex.
-    async fn create_link(
-        &self,
-        key: &str,
-        parent: &str,
-        mac: crate::dhcp::MacAddr,
-    ) -> Result<(String, u32), Error> {
-        let name = links::link_name(key);
-        // A retired link keeps its MAC on the parent until the reaper deletes it (rare: a MAC
-        // reused within milliseconds); if that fails, the create below says why.
-        if let Err(error) = self.inner.reaper.released(mac.octets()).await {
-            warn!(%mac, %error, "a retired link may still hold the MAC");
-        }
-        let ifindex = self
-            .inner
-            .links
-            .create_macvlan(
-                parent,
-                &name,
-                mac.octets(),
-                self.inner.config.link_group,
-                &links::link_alias(key),
-            )
-            .await?;
-        Ok((name, ifindex))
-    }
-
-    fn open_socket(&self, ifindex: u32, mac: crate::dhcp::MacAddr) -> std::io::Result<DhcpSocket> {
-        self.inner
-            .config
-            .netns
-            .run(|| DhcpSocket::open(ifindex, mac.octets()))?
     }
 
     /// Sends DHCPRELEASE for the address (if it holds a lease), stops it and retires its link
@@ -399,8 +366,8 @@ impl LeaseManager {
         self.finish(key, false, remove_link).await
     }
 
-    /// Stops every address without releasing and deletes all of our links, retired ones
-    /// included, in two requests.
+    /// Stops every address without releasing and deletes every link this instance owns (and the
+    /// retired group); other instances' links stay.
     pub async fn stop_all(&self) -> Result<(), Error> {
         let all: Vec<(String, Running)> = self.lock().drain().collect();
         for (_, running) in &all {
@@ -412,12 +379,7 @@ impl LeaseManager {
         for (_, running) in all {
             let _ = running.task.await;
         }
-        self.inner
-            .links
-            .delete_group(self.inner.config.link_group)
-            .await?;
-        self.inner.links.delete_retired().await?;
-        Ok(())
+        self.inner.links.remove_all().await
     }
 
     async fn finish(&self, key: &str, release: bool, remove_link: bool) -> Result<(), Error> {
@@ -436,7 +398,9 @@ impl LeaseManager {
         }
         let _ = running.task.await;
         if remove_link {
-            self.retire_link(running.ifindex, running.mac).await?;
+            // The status has the current index: a driver re-creates a link that vanished.
+            let ifindex = running.status.borrow().ifindex;
+            self.inner.links.retire(ifindex, running.mac).await?;
         }
         Ok(())
     }
@@ -476,36 +440,12 @@ impl LeaseManager {
         self.lock().keys().cloned().collect()
     }
 
-    /// Deletes our links (by link group) that belong to no running address and whose identity
-    /// `keep` does not claim, and every retired link: the leftovers of a crash or of addresses
-    /// deleted meanwhile. Returns how many links of our group it removed. The orphans are
-    /// retired first, so all of them go with one group delete.
+    /// Deletes this instance's links that belong to no prepared or running address and whose
+    /// address key `keep` does not claim, and every retired link: the leftovers of a crash or of
+    /// addresses deleted meanwhile. Returns how many of our links it removed. Links of other
+    /// instances are never touched.
     pub async fn remove_orphan_links(&self, keep: impl Fn(&str) -> bool) -> Result<usize, Error> {
-        let ours = self
-            .inner
-            .links
-            .list_ours(self.inner.config.link_group)
-            .await?;
-        let mut removed = 0;
-        for link in ours {
-            let identity = link.alias.as_deref().and_then(links::identity_from_alias);
-            let wanted = identity.is_some_and(|id| {
-                self.lock().contains_key(id) || lock(&self.inner.starting).contains(id) || keep(id)
-            });
-            if !wanted {
-                info!(link = %link.name, ?identity, "removing orphaned link");
-                match self.inner.links.retire(link.ifindex).await {
-                    Ok(()) => {}
-                    Err(error) => {
-                        warn!(link = %link.name, %error, "retiring the orphan failed; deleting it");
-                        self.inner.links.delete(link.ifindex).await?;
-                    }
-                }
-                removed += 1;
-            }
-        }
-        self.inner.links.delete_retired().await?;
-        Ok(removed)
+        self.inner.links.sweep(keep).await
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
@@ -519,11 +459,12 @@ impl LeaseManager {
 pub struct PreparedLink {
     key: String,
     mac: crate::dhcp::MacAddr,
+    parent: String,
     name: String,
     ifindex: u32,
     socket: DhcpSocket,
     /// Keeps the orphan sweep away from the link until it runs or is discarded.
-    _reserved: Starting,
+    claim: Claim,
     /// Its place in the capacity, taken before the link was made.
     seat: capacity::Seat,
 }
@@ -540,6 +481,11 @@ impl PreparedLink {
     pub fn interface(&self) -> &str {
         &self.name
     }
+
+    /// The parent interface the link was made on.
+    pub fn parent(&self) -> &str {
+        &self.parent
+    }
 }
 
 impl std::fmt::Debug for PreparedLink {
@@ -553,28 +499,12 @@ impl std::fmt::Debug for PreparedLink {
     }
 }
 
-type KeySet = Arc<Mutex<std::collections::HashSet<String>>>;
-
-/// Marks a key as starting for as long as it lives.
-struct Starting {
-    set: KeySet,
-    key: String,
-}
-
-impl Starting {
-    fn new(set: KeySet, key: &str) -> Self {
-        lock(&set).insert(key.to_string());
-        Starting {
-            set,
-            key: key.to_string(),
-        }
-    }
-}
-
-impl Drop for Starting {
-    fn drop(&mut self) {
-        lock(&self.set).remove(&self.key);
-    }
+fn open_socket(
+    netns: &NetNs,
+    ifindex: u32,
+    mac: crate::dhcp::MacAddr,
+) -> std::io::Result<DhcpSocket> {
+    netns.run(|| DhcpSocket::open(ifindex, mac.octets()))?
 }
 
 /// A panic while one of the manager's locks is held cannot leave its collection inconsistent

@@ -17,6 +17,8 @@ pub mod netns;
 pub mod packet_socket;
 
 pub use arp::{ProbeTiming, probe};
-pub use links::{DEFAULT_LINK_GROUP, LinkError, Links, OwnedLink, link_alias, link_name};
+pub use links::{
+    AliasOwner, DEFAULT_LINK_GROUP, LinkError, Links, OwnedLink, alias_owner, link_alias, link_name,
+};
 pub use netns::NetNs;
 pub use packet_socket::{DhcpSocket, Received};

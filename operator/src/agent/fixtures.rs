@@ -187,8 +187,12 @@ pub fn mock_client() -> (Client, ApiServerVerifier) {
 /// Builds a real lease manager (it opens only a netlink socket until an address is started).
 pub fn test_context() -> (Arc<Context>, ApiServerVerifier) {
     let (client, verifier) = mock_client();
-    let manager = LeaseManager::new(ManagerConfig::default(), Arc::new(|_, _| {}))
-        .expect("a lease manager (netlink socket)");
+    let manager = LeaseManager::new(
+        dhcpmanager_engine::instance::InstanceId::derived("agent", "fixture"),
+        ManagerConfig::default(),
+        Arc::new(|_, _| {}),
+    )
+    .expect("a lease manager (netlink socket)");
     let ownership = Arc::new(Ownership::new(
         OwnershipConfig {
             node: ME.into(),

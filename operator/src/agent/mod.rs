@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use dhcpmanager_crds::{DhcpAddress, MacPool};
 use dhcpmanager_engine::dhcp::MacAddr;
+use dhcpmanager_engine::instance::InstanceId;
 use dhcpmanager_engine::manager::{LeaseManager, ManagerConfig};
 use dhcpmanager_engine::metrics::{EngineMetrics, IpChanges};
 use futures::StreamExt;
@@ -80,6 +81,8 @@ pub async fn run(args: AgentArgs, config: dhcpmanager_engine::config::Config) ->
         None => dhcpmanager_engine::net::NetNs::current(),
     };
     let manager = LeaseManager::new(
+        // One agent per node: the node name is stable across its restarts and rollouts.
+        InstanceId::derived("agent", &args.node_name),
         ManagerConfig {
             rate_per_second: args.rate,
             burst: args.burst,

@@ -19,6 +19,7 @@ use dhcpmanager_crds::hostname_for_service;
 use super::Error;
 use dhcpmanager_dhcp_core::{RESERVED_OPTION_CODES, is_user_settable};
 use dhcpmanager_engine::dhcp::{ClientConfig, ClientIdMode, LeaseRecord, MacAddr};
+use dhcpmanager_engine::instance::InstanceId;
 use dhcpmanager_engine::manager::{
     AddressSpec, LeaseManager, ManagerConfig, PersistFn, wait_bound,
 };
@@ -165,7 +166,11 @@ pub async fn run(args: LeaseArgs) -> Result<(), Error> {
             "--mac is required (no recorded lease to take it from)",
         ))?;
     let spec = spec_for(&args, mac);
-    let manager = LeaseManager::new(ManagerConfig::default(), persist_to(args.state.clone()))?;
+    let manager = LeaseManager::new(
+        owner_for(mac),
+        ManagerConfig::default(),
+        persist_to(args.state.clone()),
+    )?;
     let key = spec.key.clone();
     // Subscribed before the start, so that --hold prints the very first events too.
     let events = manager.subscribe();
@@ -237,13 +242,20 @@ async fn release_recorded(args: &LeaseArgs, recorded: Option<LeaseRecord>) -> Re
     let record = recorded.ok_or_else(|| Error::NothingToRelease(path.display().to_string()))?;
     let mac = args.mac.unwrap_or(record.mac);
     let spec = spec_for(args, mac);
-    let manager = LeaseManager::new(ManagerConfig::default(), persist_to(None))?;
+    let manager = LeaseManager::new(owner_for(mac), ManagerConfig::default(), persist_to(None))?;
     let ip = record.ip;
     manager.release_recorded(spec, record).await?;
     manager.settle_links().await?;
     state_file::remove(path)?;
     println!("{}", json!({"event": "released", "ip": ip}));
     Ok(())
+}
+
+/// The owner of the link: one `lease` per MAC (a MAC can be on only one link of a parent at a
+/// time), the same for `--hold`, its restart with `--state` and `--release`, and never the same
+/// as an agent's or a standalone apiserver's.
+fn owner_for(mac: MacAddr) -> InstanceId {
+    InstanceId::derived("lease", &hex::encode(mac.octets()))
 }
 
 fn spec_for(args: &LeaseArgs, mac: MacAddr) -> AddressSpec {

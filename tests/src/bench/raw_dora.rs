@@ -155,7 +155,10 @@ pub async fn raw_one_by_one(
                 &name,
                 mac,
                 link_group,
-                &links::link_alias(&identity),
+                &links::link_alias(
+                    &dhcpmanager_engine::instance::InstanceId::derived("bench", "raw"),
+                    &identity,
+                ),
             )
             .await?;
         let socket = DhcpSocket::open(ifindex, mac)

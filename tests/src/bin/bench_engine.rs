@@ -371,7 +371,7 @@ struct EngineSamples {
 }
 
 async fn engine_one_by_one(parent: &str, samples: usize, server: u8) -> Result<EngineSamples> {
-    let manager = LeaseManager::new(ManagerConfig::default(), no_persist())?;
+    let manager = LeaseManager::new(bench_owner(), ManagerConfig::default(), no_persist())?;
     let mut out = EngineSamples {
         total: Vec::new(),
         link_setup: Vec::new(),
@@ -496,7 +496,7 @@ async fn concurrent_new(
 ) -> Result<(Concurrent, Option<Memory>)> {
     let rss_before = rss_kib();
     let (rate, burst) = (config.rate_per_second, config.burst);
-    let manager = LeaseManager::new(config, no_persist())?;
+    let manager = LeaseManager::new(bench_owner(), config, no_persist())?;
     let dropped_before = rx_dropped(parent);
     let netlink_drops_before = route_netlink_drops();
     let t0 = Instant::now();
@@ -809,4 +809,9 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// The owner of the benchmark's links (one manager at a time, so one id serves).
+fn bench_owner() -> dhcpmanager_engine::instance::InstanceId {
+    dhcpmanager_engine::instance::InstanceId::derived("bench", "engine")
 }
