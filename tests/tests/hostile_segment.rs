@@ -361,6 +361,7 @@ fn unusable_offers_are_not_bound_and_counted_by_reason() {
                 .unwrap();
             runtime.block_on(async move {
                 let manager = LeaseManager::new(
+                    dhcpmanager_engine::instance::InstanceId::derived("test", "hostile"),
                     ManagerConfig::default(),
                     Arc::new(|_: &str, _: Option<&_>| {}),
                 )
