@@ -53,6 +53,12 @@ struct Cli {
     /// Standalone: transmissions that may go out at once before --dhcp-rate applies
     #[arg(long)]
     dhcp_burst: Option<u32>,
+    /// POST /v1/ip per second, all clients together (0: no limit)
+    #[arg(long)]
+    allocate_rate: Option<u32>,
+    /// POSTs that may come at once before --allocate-rate applies
+    #[arg(long)]
+    allocate_burst: Option<u32>,
     /// Log as JSON lines
     #[arg(long)]
     log_json: bool,
@@ -87,6 +93,8 @@ impl Cli {
         put("spare-links", self.spare_links.map(|n| n.to_string()));
         put("dhcp-rate", self.dhcp_rate.map(|n| n.to_string()));
         put("dhcp-burst", self.dhcp_burst.map(|n| n.to_string()));
+        put("allocate-rate", self.allocate_rate.map(|n| n.to_string()));
+        put("allocate-burst", self.allocate_burst.map(|n| n.to_string()));
         overrides
     }
 }

@@ -462,3 +462,40 @@ async fn a_backend_that_ignores_its_deadline_is_cut_off_and_withdrawn() {
     assert_eq!(status.available_macs, vec![mac(1)]);
     running.stop().await;
 }
+
+/// A client POSTing in a loop (a MetalLB fork whose `cidrs` do not cover our leases) gets `burst`
+/// addresses at once, then a JSON 429 with `Retry-After`, and takes no MAC for it.
+#[tokio::test]
+async fn allocation_rate_limit_answers_429() {
+    let config = dhcpmanager_apiserver::Config {
+        allocate_rate: 1,
+        allocate_burst: 2,
+        ..test_config()
+    };
+    let running = start_binding(config, 10).await;
+    for n in 0..2 {
+        let answer = fork_post(running.address, "/v1/ip", &format!("default/s{n}"), None).await;
+        assert_eq!(answer.json()["status"], "success", "{answer:?}");
+    }
+    let answer = fork_post(running.address, "/v1/ip", "default/s2", None).await;
+    assert_eq!(answer.status, 429, "{answer:?}");
+    let body = answer.assert_compact_json();
+    assert_eq!(body["status"], "error");
+    assert_eq!(body["ip"], "");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("at most 1 per second"),
+        "{body}"
+    );
+    let retry: u64 = answer.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    assert_eq!(
+        allocation_count(&running).await,
+        2,
+        "the refused POST took nothing"
+    );
+    assert_eq!(free_macs(&running).await, 8);
+    running.stop().await;
+}

@@ -43,6 +43,11 @@ pub struct Config {
     pub dhcp_rate: u32,
     /// Standalone: transmissions that may go out at once before `dhcp-rate` applies.
     pub dhcp_burst: u32,
+    /// POST /v1/ip answered per second, all clients together (0: no limit): how fast a
+    /// misconfigured client (a MetalLB fork without `cidrs`) can take MACs from the pool.
+    pub allocate_rate: u32,
+    /// POSTs that may come at once before `allocate-rate` applies.
+    pub allocate_burst: u32,
 }
 
 impl Default for Config {
@@ -67,6 +72,8 @@ impl Default for Config {
             spare_links: 4,
             dhcp_rate: 500,
             dhcp_burst: 100,
+            allocate_rate: 20,
+            allocate_burst: 40,
         }
     }
 }
@@ -100,6 +107,8 @@ const KEYS: &[(&str, Kind)] = &[
     ("spare-links", Kind::Integer),
     ("dhcp-rate", Kind::Integer),
     ("dhcp-burst", Kind::Integer),
+    ("allocate-rate", Kind::Integer),
+    ("allocate-burst", Kind::Integer),
 ];
 
 /// Where the file comes from: the default path may be missing, an explicit one may not.
@@ -180,6 +189,12 @@ impl Config {
         }
         if self.dhcp_burst == 0 {
             return invalid("dhcp-burst", "must be greater than zero");
+        }
+        if self.allocate_rate > 0 && self.allocate_burst == 0 {
+            return invalid(
+                "allocate-burst",
+                "must be greater than zero (allocate-rate = 0 turns the limit off)",
+            );
         }
         if self.auth_token.as_deref() == Some("") {
             return invalid(
@@ -428,6 +443,18 @@ mod tests {
             let error = load(bad, &[], &[]).unwrap_err().to_string();
             assert!(error.contains(key), "{error}");
         }
+    }
+
+    #[test]
+    fn allocate_rate_limits_by_default_and_zero_turns_it_off() {
+        let config = load("", &[], &[]).unwrap();
+        assert_eq!((config.allocate_rate, config.allocate_burst), (20, 40));
+        let config = load("allocate-rate = 0\n", &[], &[]).unwrap();
+        assert_eq!(config.allocate_rate, 0);
+        let error = load("allocate-burst = 0\n", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("allocate-burst"), "{error}");
     }
 
     #[test]

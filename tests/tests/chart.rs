@@ -1131,6 +1131,15 @@ fn examples_parse() {
     let service = &inner["address-services"][0];
     assert_eq!(service["url"], "http://dhcpmanager");
     assert_eq!(service["protocol"], "layer2");
+    // The fork at its branch tip takes its CIDR list from `cidrs` alone: without it, nothing
+    // we hand out is accepted. Each entry must parse as Go's net.ParseCIDR does.
+    let cidrs = service["cidrs"].as_array().expect("cidrs set");
+    assert!(!cidrs.is_empty());
+    for cidr in cidrs {
+        let (ip, len) = cidr.as_str().unwrap().split_once('/').expect("a CIDR");
+        ip.parse::<std::net::Ipv4Addr>().expect("an IPv4 network");
+        assert!(len.parse::<u8>().unwrap() <= 32, "{cidr}");
+    }
 
     let service_example =
         std::fs::read_to_string(repo_root().join("examples/service-dhcpaddress.yaml")).unwrap();

@@ -202,8 +202,14 @@ mod tests {
         let text = Metrics::new(Some(engine)).encode();
         for (old, new) in RENAMED_ENGINE_METRICS {
             let suffix = if new == "dhcp_clients" { "" } else { "_total" };
-            let new_series = format!("\ndhcpmanager_{new}{suffix} ");
-            let old_series = format!("\ndhcpmanager_apiserver_{old}{suffix} ");
+            // Rejected replies carry a `reason` label (its suspicious reasons exist at 0).
+            let labels = if new == "replies_rejected" {
+                "{reason=\"wrong_server\"}"
+            } else {
+                ""
+            };
+            let new_series = format!("\ndhcpmanager_{new}{suffix}{labels} ");
+            let old_series = format!("\ndhcpmanager_apiserver_{old}{suffix}{labels} ");
             assert!(text.contains(&new_series), "{new_series:?} in\n{text}");
             assert!(text.contains(&old_series), "{old_series:?} in\n{text}");
         }

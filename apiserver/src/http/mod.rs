@@ -43,6 +43,7 @@ pub fn bind(config: Config, backend: Arc<dyn Backend>) -> Result<(Server, Socket
     let metrics = Arc::new(Metrics::new(backend.engine_metrics()));
     let counted = web::Data::from(metrics.clone());
     let state = web::Data::new(AppState {
+        allocations: AppState::allocation_limit(&config),
         openapi: openapi::document(config.auth_token.is_some()),
         metrics,
         backend,

@@ -95,6 +95,28 @@ async fn obtain_ip(state: web::Data<AppState>, body: web::Json<Value>) -> HttpRe
             return wire::json(StatusCode::BAD_REQUEST, &wire::ip_error("", "", message));
         }
     };
+    if let Err(wait) = state.take_allocation() {
+        // Before any work: a client that POSTs in a loop (a MetalLB fork whose `cidrs` do not
+        // cover our leases) takes MACs from the pool no faster than `allocate-rate`.
+        let retry = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let message = format!(
+            "too many allocations: at most {} per second (burst {}); retry in {retry} s",
+            state.config.allocate_rate, state.config.allocate_burst
+        );
+        tracing::warn!(service, "{message}");
+        let mut answer = wire::json(
+            StatusCode::TOO_MANY_REQUESTS,
+            &wire::ip_error("", "", message),
+        );
+        answer.headers_mut().insert(
+            header::RETRY_AFTER,
+            retry
+                .to_string()
+                .parse()
+                .expect("digits are a valid header"),
+        );
+        return answer;
+    }
     let started = Instant::now();
     let deadline = started + state.config.request_timeout;
     let allocate = state.backend.allocate(service, deadline);

@@ -463,7 +463,7 @@ fn standalone_apiserver(lab: &Lab, spare_links: usize) -> Result<ApiServer> {
     std::fs::write(
         &config,
         format!(
-            "interface = \"{}\"\nmacs = [{}]\netcd = []\nrequest-timeout = \"{SERVER_REQUEST_TIMEOUT}\"\nstate-dir = \"{}\"\nspare-links = {spare_links}\n",
+            "interface = \"{}\"\nmacs = [{}]\netcd = []\nrequest-timeout = \"{SERVER_REQUEST_TIMEOUT}\"\nstate-dir = \"{}\"\nspare-links = {spare_links}\nallocate-rate = 0\n",
             lab.parent(),
             quoted.join(", "),
             lab.dir().join("bench-api-state").display()
@@ -538,7 +538,7 @@ fn kubernetes(samples: usize, out: &Path) -> Result<BackendRun> {
     let config = cluster.lab.dir().join("bench-api-k8s.toml");
     std::fs::write(
         &config,
-        format!("etcd = []\nrequest-timeout = \"{SERVER_REQUEST_TIMEOUT}\"\n"),
+        format!("etcd = []\nrequest-timeout = \"{SERVER_REQUEST_TIMEOUT}\"\n# measures the backend, not the POST limit\nallocate-rate = 0\n"),
     )
     .map_err(io_error("writing the apiserver config"))?;
     let port = free_port()?;
