@@ -85,37 +85,7 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<DhcpFrame>, LabError> {
     Ok(frames)
 }
 
-/// Any captured frame, by its link-layer header only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LinkFrame {
-    pub time_ns: u64,
-    pub src_mac: Option<[u8; 6]>,
-    pub dst_mac: Option<[u8; 6]>,
-    /// 0x0800 IPv4, 0x0806 ARP, 0x86dd IPv6, ...
-    pub ethertype: u16,
-}
-
 pub const ETHERTYPE_IPV6: u16 = 0x86dd;
-
-/// Reads a pcap file and returns every frame's link-layer header (e.g. to find IPv6 from a MAC).
-pub fn read_link_frames(path: &Path) -> Result<Vec<LinkFrame>, LabError> {
-    let bytes = std::fs::read(path).map_err(|source| LabError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut frames = Vec::new();
-    for_each_record(&bytes, |linktype, data, time_ns| {
-        if let Some((src_mac, dst_mac, ethertype, _)) = link_layer(linktype, data) {
-            frames.push(LinkFrame {
-                time_ns,
-                src_mac,
-                dst_mac,
-                ethertype,
-            });
-        }
-    })?;
-    Ok(frames)
-}
 
 /// Calls `each(linktype, frame bytes, capture time in ns)` for every record of a pcap file.
 fn for_each_record(bytes: &[u8], mut each: impl FnMut(u32, &[u8], u64)) -> Result<(), LabError> {

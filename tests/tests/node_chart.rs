@@ -276,7 +276,11 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
     .unwrap_or_else(|err| panic!("helm uninstall: {err}"));
     let crds = repo_root().join("charts/dhcpmanager/crds/dhcpmanager.io_crds.yaml");
     node.kubectl(&["delete", "-f", crds.to_str().unwrap(), "--timeout=120s"]);
-    node.wait_until("the agent pod gone", STEP, || agent_pod(&node).is_none());
+    node.wait_until("every pod of the release gone", STEP, || {
+        node.json(&["-n", NAMESPACE, "get", "pods"])["items"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    });
     let file = capture.stop(&node);
 
     let leases = lab.leases(Server::Kea).expect("Kea's leases");
@@ -327,7 +331,7 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
             .any(|f| f.message_type() == Some(MessageType::Release)),
         "DHCPRELEASE on delete"
     );
-    let ipv6: Vec<_> = pcap::read_link_frames(&file)
+    let ipv6: Vec<_> = pcap::read_ethernet(&file)
         .expect("the capture")
         .into_iter()
         .filter(|f| f.ethertype == pcap::ETHERTYPE_IPV6 && f.src_mac == Some(ours))
