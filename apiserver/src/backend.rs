@@ -38,6 +38,11 @@ pub trait Backend: Send + Sync + 'static {
 
     fn status(&self) -> BoxFuture<'_, Result<StatusSnapshot, BackendError>>;
 
+    /// Whether it can serve allocations now (`/readyz`): by default, whether it answers at all.
+    fn ready(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move { self.status().await.map(drop) })
+    }
+
     /// Subnets (`a.b.c.d/len`) of the currently bound leases.
     fn lease_cidrs(&self) -> BoxFuture<'_, Result<Vec<String>, BackendError>>;
 

@@ -148,6 +148,11 @@ async fn run(cli: Cli) -> Result<(), Error> {
     let config = Config::load(source, std::env::vars(), &cli.overrides())?;
     let (backend, shutdown) = open_backend(&config, &cli).await?;
     let mirror = etcd_mirror::spawn(&config, backend.clone());
+    if let Some(warning) = http::auth::exposure_warning(&config) {
+        // Also on stderr as plain text: the first thing seen in `docker logs` or a terminal.
+        eprintln!("WARNING: {warning}");
+        tracing::warn!("{warning}");
+    }
     let (server, address) = http::bind(config, backend)?;
     tracing::info!(%address, "serving /v1");
     let handle = server.handle();

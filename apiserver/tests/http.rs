@@ -320,6 +320,21 @@ async fn macs_are_added_and_removed_with_capitalised_answers() {
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body, "{\"Status\":\"success\",\"Rejected\":null}\n");
 
+    // MACs nobody may send from: refused, nothing added.
+    let answer = json_request(
+        address,
+        "POST",
+        "/v1/mac",
+        r#"{"macs":["00:00:00:00:00:00","ff:ff:ff:ff:ff:ff","01:00:5e:00:00:01","03:77:00:00:00:09"]}"#,
+    )
+    .await;
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert_eq!(
+        answer.body,
+        "{\"Status\":\"error\",\"Rejected\":[\"00:00:00:00:00:00\",\"ff:ff:ff:ff:ff:ff\",\"01:00:5e:00:00:01\",\"03:77:00:00:00:09\"]}\n"
+    );
+    assert_eq!(free_macs(&running).await, 3);
+
     let used = fork_post(address, "/v1/ip", "default/web", None)
         .await
         .json();

@@ -899,3 +899,40 @@ fn spare_links_are_taken_refilled_silent_while_idle_and_never_outlive_a_start() 
 fn allocation_macs(allocation: &dhcpmanager_apiserver::backend::Allocation) -> Vec<MacAddr> {
     allocation.mac.into_iter().collect()
 }
+
+/// `/readyz` says 503 with the reason while the parent interface is missing, and 200 again when
+/// it is back (a NIC renamed or re-created under the running apiserver).
+#[test]
+fn readyz_fails_while_the_parent_interface_is_missing() {
+    let lab = Lab::up().expect("lab up");
+    let dir = state_dir("readyz");
+    let rename = |from: &str, to: &str| {
+        let out = Command::new("ip")
+            .args(["-n", &lab.agent_ns(), "link", "set", from, "name", to])
+            .output()
+            .expect("ip link set name");
+        assert!(out.status.success(), "{out:?}");
+    };
+    lifetime(&lab, |rt| {
+        rt.block_on(async {
+            let backend = open(options(&lab, &dir, pool(1))).await;
+            let (http, address) =
+                http::bind(common::test_config(), backend.clone()).expect("binds");
+            let handle = http.handle();
+            tokio::spawn(http);
+            assert_eq!(common::get(address, "/readyz").await.status, 200);
+
+            // A rename is a missing parent to us, and unlike a delete it can be undone.
+            rename(lab.parent(), "lab0-away");
+            let answer = common::get(address, "/readyz").await;
+            assert_eq!(answer.status, 503, "{answer:?}");
+            let error = answer.json()["error"].as_str().unwrap().to_string();
+            assert!(error.contains(lab.parent()), "{error}");
+
+            rename("lab0-away", lab.parent());
+            assert_eq!(common::get(address, "/readyz").await.status, 200);
+            handle.stop(true).await;
+        })
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -35,6 +35,12 @@ impl MacAddr {
         self.0[0] & 0x01 != 0
     }
 
+    /// Whether a host may send from this address: not all-zero, not multicast (which includes
+    /// broadcast). A pool MAC that is not would take a POST and then fail it.
+    pub fn is_usable_source(&self) -> bool {
+        !self.is_multicast() && self.0 != [0; 6]
+    }
+
     /// The address as a 48-bit number, so a pool's range can be counted through.
     pub fn to_u64(self) -> u64 {
         self.0

@@ -190,6 +190,12 @@ impl Config {
         if self.dhcp_burst == 0 {
             return invalid("dhcp-burst", "must be greater than zero");
         }
+        if let Some(mac) = self.macs.iter().find(|mac| !mac.is_usable_source()) {
+            return invalid(
+                "macs",
+                &format!("{mac} is all-zero, broadcast or multicast: no host may send from it"),
+            );
+        }
         if self.allocate_rate > 0 && self.allocate_burst == 0 {
             return invalid(
                 "allocate-burst",
@@ -442,6 +448,24 @@ mod tests {
         ] {
             let error = load(bad, &[], &[]).unwrap_err().to_string();
             assert!(error.contains(key), "{error}");
+        }
+    }
+
+    #[test]
+    fn unusable_pool_macs_are_refused_by_name() {
+        for bad in [
+            "00:00:00:00:00:00",
+            "ff:ff:ff:ff:ff:ff",
+            "01:00:5e:00:00:01",
+        ] {
+            let error = load(
+                &format!("macs = [\"02:00:00:00:00:01\", \"{bad}\"]\n"),
+                &[],
+                &[],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(error.contains(bad) && error.contains("macs"), "{error}");
         }
     }
 

@@ -643,6 +643,27 @@ impl Backend for StandaloneBackend {
         Box::pin(async move { Ok(self.core.shared.book().lease_cidrs()) })
     }
 
+    /// Not ready while the parent interface is missing: no POST could make a link on it, and
+    /// no held address can be renewed.
+    fn ready(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let parent = &self.core.options.parent;
+            let exists = self
+                .core
+                .manager
+                .links()
+                .has_link_named(parent)
+                .await
+                .map_err(|error| BackendError::Unavailable(error.to_string()))?;
+            match exists {
+                true => Ok(()),
+                false => Err(BackendError::Unavailable(format!(
+                    "the parent interface {parent} does not exist"
+                ))),
+            }
+        })
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<()> {
         self.core.shared.changes.subscribe()
     }

@@ -65,3 +65,45 @@ mod tests {
         assert!(!constant_time_eq(b"", b"s3cret"));
     }
 }
+
+/// The warning to log at start when `config` serves `/v1` beyond loopback without a token:
+/// anyone who reaches the port can then DELETE every address and edit the MAC pool.
+pub fn exposure_warning(config: &crate::config::Config) -> Option<String> {
+    if config.auth_token.is_some() || config.bind.is_loopback() {
+        return None;
+    }
+    Some(format!(
+        "UNAUTHENTICATED: /v1 listens on {}:{} without auth-token; anyone who can reach this \
+         port can allocate, DELETE every service address and edit the MAC pool. Set \
+         DHCP_AUTH_TOKEN (the MetalLB fork sends it as X-Auth-Token) or bind = \"127.0.0.1\"",
+        config.bind, config.port
+    ))
+}
+
+#[cfg(test)]
+mod exposure_tests {
+    use super::exposure_warning;
+    use crate::config::Config;
+
+    #[test]
+    fn only_an_open_port_without_a_token_is_warned_about() {
+        let open = Config::default();
+        let warning = exposure_warning(&open).expect("0.0.0.0 without a token");
+        assert!(
+            warning.contains("0.0.0.0:8000") && warning.contains("auth-token"),
+            "{warning}"
+        );
+        let with_token = Config {
+            auth_token: Some("t".into()),
+            ..Config::default()
+        };
+        assert_eq!(exposure_warning(&with_token), None);
+        for loopback in ["127.0.0.1", "::1"] {
+            let local = Config {
+                bind: loopback.parse().unwrap(),
+                ..Config::default()
+            };
+            assert_eq!(exposure_warning(&local), None, "{loopback}");
+        }
+    }
+}

@@ -228,10 +228,15 @@ async fn add_macs(
     state: web::Data<AppState>,
     body: web::Json<Value>,
 ) -> HttpResponse {
-    let (valid, rejected) = match read_macs(&body) {
+    let (valid, mut rejected) = match read_macs(&body) {
         Ok(split) => split,
         Err(message) => return bad_request(&request, message),
     };
+    // All-zero, broadcast and multicast MACs parse, but no host may send from them: every POST
+    // that picked one would fail. Refused like unreadable entries.
+    let (valid, unusable): (Vec<MacAddr>, Vec<MacAddr>) =
+        valid.into_iter().partition(MacAddr::is_usable_source);
+    rejected.extend(unusable.iter().map(MacAddr::to_string));
     // As the original: the valid ones are added even when others are rejected.
     if let Err(error) = state.backend.add_macs(valid).await {
         return backend_failure(&request, error);
@@ -329,8 +334,8 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    match state.backend.status().await {
-        Ok(_) => wire::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+    match state.backend.ready().await {
+        Ok(()) => wire::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         Err(error) => backend_failure(&request, error),
     }
 }

@@ -516,6 +516,11 @@ impl Links {
         .await
     }
 
+    /// Whether a link called `name` exists (a parent interface can vanish and come back).
+    pub async fn has_link_named(&self, name: &str) -> Result<bool, LinkError> {
+        Ok(self.find_by_name(name).await?.is_some())
+    }
+
     /// The link called `name`, if any.
     async fn find_by_name(&self, name: &str) -> Result<Option<LinkMessage>, LinkError> {
         let mut found = self.handle.link().get().match_name(name).execute();
