@@ -1,5 +1,6 @@
 pub mod controlplane;
 // DHCP lab harness: real DHCP servers in network namespaces (tests/lab/lab.sh)
+pub mod arp_capture;
 pub mod bench;
 pub mod binaries;
 pub mod bootp;

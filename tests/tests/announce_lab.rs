@@ -6,23 +6,21 @@
 //! TCP replies of a server on the node carrying the lease's MAC as Ethernet source.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dhcpmanager_engine::dhcp::{ClientConfig, MacAddr};
 use dhcpmanager_engine::manager::{AddressSpec, LeaseManager, ManagerConfig, wait_bound};
 use dhcpmanager_engine::net::NetNs;
+use dhcpmanager_tests::arp_capture::{ArpCapture, announced};
 use dhcpmanager_tests::lab::{Lab, SERVER_ADDR_1, Server, ServerOpts};
-use dhcpmanager_tests::pcap::{self, EthernetFrame};
 
 const LEASE_MAC: &str = "02:cc:00:00:09:01";
 const NODE_ADDRESS: &str = "10.77.0.5/24";
 const PORT: u16 = 8080;
-const ETHERTYPE_ARP: u16 = 0x0806;
-const ETHERTYPE_IPV4: u16 = 0x0800;
 
 fn run(args: &[&str]) -> String {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
@@ -45,54 +43,6 @@ fn mac_of(netns: &str, iface: &str) -> [u8; 6] {
         .octets()
 }
 
-/// tcpdump of ARP and the test's TCP port, stopped by PID.
-struct Tcpdump {
-    child: Child,
-    file: PathBuf,
-}
-
-impl Tcpdump {
-    fn start(netns: &str, iface: &str, file: PathBuf) -> Tcpdump {
-        let filter = format!("arp or tcp port {PORT}");
-        let child = Command::new("ip")
-            .args(["netns", "exec", netns, "tcpdump", "-i", iface, "-U"])
-            .args(["--immediate-mode", "-w"])
-            .arg(&file)
-            .arg(filter)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tcpdump");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) < 24 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "tcpdump did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Tcpdump { child, file }
-    }
-
-    fn stop(mut self) -> Vec<EthernetFrame> {
-        // --immediate-mode -U: what was received is written at once; a moment for the last one.
-        std::thread::sleep(Duration::from_millis(300));
-        // SAFETY: SIGINT to our own child; tcpdump flushes and exits.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let _ = self.child.wait();
-        pcap::read_ethernet(&self.file).expect("read the capture")
-    }
-}
-
-impl Drop for Tcpdump {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// A TCP server on the node (every address), answering each connection with one line.
 fn serve_on_node(node: &NetNs) {
     let listener = node
@@ -107,29 +57,6 @@ fn serve_on_node(node: &NetNs) {
             let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nhello\n");
         }
     });
-}
-
-struct Arp {
-    op: u16,
-    sender_mac: [u8; 6],
-    sender_ip: Ipv4Addr,
-    target_ip: Ipv4Addr,
-}
-
-fn arp(frame: &EthernetFrame) -> Option<Arp> {
-    let p = &frame.payload;
-    (frame.ethertype == ETHERTYPE_ARP && p.len() >= 28).then(|| Arp {
-        op: u16::from_be_bytes([p[6], p[7]]),
-        sender_mac: p[8..14].try_into().unwrap(),
-        sender_ip: Ipv4Addr::new(p[14], p[15], p[16], p[17]),
-        target_ip: Ipv4Addr::new(p[24], p[25], p[26], p[27]),
-    })
-}
-
-fn ipv4_source(frame: &EthernetFrame) -> Option<Ipv4Addr> {
-    let p = &frame.payload;
-    (frame.ethertype == ETHERTYPE_IPV4 && p.len() >= 20)
-        .then(|| Ipv4Addr::new(p[12], p[13], p[14], p[15]))
 }
 
 #[test]
@@ -165,7 +92,7 @@ fn only_the_lease_mac_answers_arp_and_carries_the_replies() {
     let parent_mac = mac_of(&node, &parent);
     let lease_mac: MacAddr = LEASE_MAC.parse().unwrap();
 
-    let capture = Tcpdump::start(&client, "lan", lab.dir().join("announce.pcap"));
+    let capture = ArpCapture::start(&client, "lan", PORT, lab.dir().join("announce.pcap"));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -245,45 +172,32 @@ fn only_the_lease_mac_answers_arp_and_carries_the_replies() {
     assert_eq!(body, "hello\n");
     let frames = capture.stop();
 
-    let arps: Vec<Arp> = frames.iter().filter_map(arp).collect();
-    let gratuitous: Vec<&Arp> = arps
-        .iter()
-        .filter(|a| a.op == 1 && a.sender_ip == leased && a.target_ip == leased)
-        .collect();
-    assert!(!gratuitous.is_empty(), "no gratuitous ARP for {leased}");
+    let seen = announced(&frames, leased);
+    let lease = lease_mac.octets();
     assert!(
-        gratuitous
-            .iter()
-            .all(|a| a.sender_mac == lease_mac.octets())
+        !seen.gratuitous_from.is_empty(),
+        "no gratuitous ARP for {leased}"
     );
-    let answers: Vec<&Arp> = arps
-        .iter()
-        .filter(|a| a.op == 2 && a.sender_ip == leased)
-        .collect();
-    assert!(!answers.is_empty(), "nobody answered ARP for {leased}");
-    for answer in &answers {
-        assert_eq!(
-            answer.sender_mac,
-            lease_mac.octets(),
-            "ARP for {leased} answered by {:02x?} (the parent is {parent_mac:02x?})",
-            answer.sender_mac
-        );
-    }
-    let from_lease: Vec<&EthernetFrame> = frames
-        .iter()
-        .filter(|f| ipv4_source(f) == Some(leased))
-        .collect();
     assert!(
-        !from_lease.is_empty(),
+        seen.gratuitous_from.iter().all(|m| *m == lease),
+        "{seen:02x?}"
+    );
+    assert!(
+        !seen.answered_by.is_empty(),
+        "nobody answered ARP for {leased}"
+    );
+    assert!(
+        seen.answered_by.iter().all(|m| *m == lease),
+        "ARP for {leased} answered by another MAC (the parent is {parent_mac:02x?}): {seen:02x?}"
+    );
+    assert!(
+        !seen.ip_packets_from.is_empty(),
         "no TCP reply from {leased} captured"
     );
-    for frame in &from_lease {
-        assert_eq!(
-            frame.src_mac,
-            Some(lease_mac.octets()),
-            "a reply from {leased}"
-        );
-    }
+    assert!(
+        seen.ip_packets_from.iter().all(|m| *m == Some(lease)),
+        "{seen:02x?}"
+    );
     // Nothing at all left the node with its parent's MAC for this exchange.
     assert!(
         !frames.iter().any(|f| f.src_mac == Some(parent_mac)),
