@@ -70,6 +70,8 @@ mkdir -p "$CACHE" "$STORAGE"
 # buildah would otherwise create /etc/cni/net.d (its CNI lock) even with --network host.
 printf '[network]\nnetwork_config_dir = "%s"\n' "$STORAGE/cni" >"$STORAGE/containers.conf"
 export CONTAINERS_CONF=$STORAGE/containers.conf
+printf '[storage]\ndriver = "vfs"\ngraphroot = "%s"\nrunroot = "%s"\n' "$STORAGE/root" "$STORAGE/run" >"$STORAGE/storage.conf"
+export CONTAINERS_STORAGE_CONF=$STORAGE/storage.conf
 # Two builds at once would share that storage: one at a time.
 exec 8>"$CACHE/.lock"
 flock 8

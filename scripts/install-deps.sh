@@ -18,6 +18,8 @@ PACKAGES=(
   # The kubelet-backed test node and the image build (tests/k8s/node.sh, scripts/build-image.sh).
   containerd runc containernetworking-plugins iptables conntrack buildah mmdebstrap skopeo
   gcc libc6-dev
+  # The standalone quickstart (deploy/docker-compose.yml) under podman (tests/tests/compose_podman.rs).
+  podman
 )
 # Service names the DHCP packages register (systemd units and SysV scripts share them), each with
 # the pid files its SysV script writes: isc-dhcp-server's "status" prints nothing and exits 0 when

@@ -19,6 +19,7 @@ section "installing what the tests need"
 scripts/install-deps.sh
 scripts/install-k8s-tools.sh --all   # --all: promtool too (the dashboard tests)
 scripts/install-schemathesis.sh
+scripts/install-podman-compose.sh
 tests/lab/lab.sh gc
 export PATH="${DHCPMANAGER_TOOLS:-$HOME/.cache/dhcpmanager/tools}/bin:$PATH"
 

@@ -14,6 +14,7 @@ pub mod lab_error;
 pub mod netns;
 pub mod node;
 pub mod pcap;
+pub mod podman;
 pub mod probe;
 pub mod process;
 pub mod prometheus;
