@@ -216,9 +216,17 @@ fn default_values_render_least_privilege_agent_and_guarded_api() {
         !kinds.iter().any(|k| k == "ServiceMonitor"),
         "ServiceMonitor is off by default: {kinds:?}"
     );
+    // Secure by default: a generated token, given to the apiserver from the Secret.
+    let secret = find(&docs, "Secret", "dhcpmanager-auth");
+    let token = secret["data"]["token"].as_str().expect("a token");
+    let token = String::from_utf8(base64_decode(token)).unwrap();
+    assert_eq!(token.len(), 48, "{token}");
+    assert!(token.chars().all(|c| c.is_ascii_alphanumeric()), "{token}");
+    let api = find(&docs, "Deployment", "dhcpmanager-apiserver");
+    let env = api["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
     assert!(
-        !kinds.iter().any(|k| k == "Secret"),
-        "no auth by default: {kinds:?}"
+        env.contains("DHCP_AUTH_TOKEN") && env.contains("dhcpmanager-auth"),
+        "{env}"
     );
     assert!(
         !kinds.iter().any(|k| k == "CustomResourceDefinition"),
@@ -439,8 +447,9 @@ fn schema_and_required_values_refuse_bad_input() {
         &["--set", "agent.macPool.macs={02:AA:BB:CC:DD:01}"],
         "/agent/macPool/macs/0",
     );
+    // A token given by hand must not be guessable; empty means "generate one".
     refused(
-        &["--set", "apiserver.auth.enabled=true"],
+        &["--set", "apiserver.auth.token=short"],
         "/apiserver/auth/token",
     );
     refused(&["--set", "agent.metricsPort=0"], "/agent/metricsPort");
@@ -1202,6 +1211,117 @@ fn service_example_applies_server_side() {
 }
 
 /// The path users take: `helm install` (CRDs from crds/ first), `helm upgrade` with new values,
+/// Standard base64 (as Kubernetes writes Secret data), for the tests' own reading.
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {text}"),
+    };
+    let digits: Vec<u8> = text.bytes().filter(|&c| c != b'=').map(value).collect();
+    let mut bytes = Vec::new();
+    for chunk in digits.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &d)| acc | (u32::from(d) << (18 - 6 * i)));
+        bytes.extend(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    bytes
+}
+
+/// Installed with the defaults, the chart generates a token, its NOTES tell how to read it for
+/// the fork, and an upgrade keeps it (the fork's ConfigMap still holds the old one).
+#[test]
+fn generated_auth_token_survives_an_upgrade() {
+    let cp = ControlPlane::shared();
+    install_crds(cp);
+    let namespace = cp.create_namespace("chart-token").unwrap();
+    let release = unique("tok");
+    let kubeconfig = cp.kubeconfig_path();
+    let kubeconfig = kubeconfig.to_str().unwrap();
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    let pool_value = format!("agent.defaultPool={}", unique("pool"));
+    let secret = format!("{release}-dhcpmanager-auth");
+    let token = || {
+        let encoded = must(
+            &mut kubectl(
+                &cp.kubeconfig_path(),
+                &[
+                    "-n",
+                    &namespace,
+                    "get",
+                    "secret",
+                    &secret,
+                    "-o",
+                    "jsonpath={.data.token}",
+                ],
+            ),
+            None,
+        );
+        String::from_utf8(base64_decode(encoded.trim())).unwrap()
+    };
+    let installed = must(
+        &mut helm(&[
+            "install",
+            &release,
+            chart,
+            "--kubeconfig",
+            kubeconfig,
+            "--namespace",
+            &namespace,
+            "--set",
+            &pool_value,
+        ]),
+        None,
+    );
+    assert!(
+        installed.contains(&format!(
+            "get secret {secret} -o jsonpath='{{.data.token}}' | base64 -d"
+        )),
+        "{installed}"
+    );
+    assert!(installed.contains("X-Auth-Token"), "{installed}");
+    let first = token();
+    assert_eq!(first.len(), 48, "{first}");
+    let upgraded = must(
+        &mut helm(&[
+            "upgrade",
+            &release,
+            chart,
+            "--kubeconfig",
+            kubeconfig,
+            "--namespace",
+            &namespace,
+            "--reuse-values",
+            "--set",
+            "apiserver.replicas=2",
+        ]),
+        None,
+    );
+    assert!(upgraded.contains("REVISION: 2"), "{upgraded}");
+    assert_eq!(
+        token(),
+        first,
+        "an upgrade keeps the token the fork was given"
+    );
+    must(
+        &mut helm(&[
+            "uninstall",
+            &release,
+            "--kubeconfig",
+            kubeconfig,
+            "--namespace",
+            &namespace,
+        ]),
+        None,
+    );
+}
+
 /// `helm uninstall`, against the real kube-apiserver.
 #[test]
 fn helm_install_upgrade_and_uninstall() {

@@ -185,6 +185,32 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
         .as_str()
         .expect("clusterIP")
         .to_string();
+    // The chart generates a token by default; read it as its NOTES say.
+    let encoded = node.kubectl(&[
+        "-n",
+        NAMESPACE,
+        "get",
+        "secret",
+        &format!("{RELEASE}-auth"),
+        "-o",
+        "jsonpath={.data.token}",
+    ]);
+    let decoded = std::process::Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(encoded.trim().as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("base64 -d");
+    let token_header = format!("X-Auth-Token: {}", String::from_utf8_lossy(&decoded.stdout));
     let post = node
         .in_node("curl")
         .args([
@@ -193,6 +219,8 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
             "30",
             "-H",
             "Content-Type: application/json",
+            "-H",
+            &token_header,
         ])
         .args(["-d", r#"{"service":"shop/checkout"}"#])
         .arg(format!("http://{cluster_ip}/v1/ip"))
@@ -214,7 +242,7 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
     let delete = node
         .in_node("curl")
         .args(["-sS", "--max-time", "30", "-X", "DELETE"])
-        .args(["-H", "Content-Type: application/json"])
+        .args(["-H", "Content-Type: application/json", "-H", &token_header])
         .args(["-d", &format!(r#"{{"ip":"{api_ip}"}}"#)])
         .arg(format!("http://{cluster_ip}/v1/ip"))
         .output()
