@@ -56,22 +56,34 @@ fn state_dir(label: &str) -> PathBuf {
     dir
 }
 
-/// Without spare links, so tests can count links exactly; `with_spares` for the default path.
+/// The default configuration: linkless addresses (no macvlans, so no spares either).
 fn options(lab: &Lab, state_dir: &Path, macs: Vec<MacAddr>) -> StandaloneOptions {
-    with_spares(lab, state_dir, macs, 0)
+    configured(lab, state_dir, macs, 0, true)
 }
 
+/// A macvlan per address (`linkless = false`) with `spare_links` made ahead of time.
 fn with_spares(
     lab: &Lab,
     state_dir: &Path,
     macs: Vec<MacAddr>,
     spare_links: usize,
 ) -> StandaloneOptions {
+    configured(lab, state_dir, macs, spare_links, false)
+}
+
+fn configured(
+    lab: &Lab,
+    state_dir: &Path,
+    macs: Vec<MacAddr>,
+    spare_links: usize,
+    linkless: bool,
+) -> StandaloneOptions {
     let config = Config {
         interface: lab.parent().to_string(),
         state_dir: state_dir.to_path_buf(),
         macs,
         spare_links,
+        linkless,
         ..Config::default()
     };
     StandaloneOptions::from_config(&config)

@@ -48,6 +48,14 @@ pub struct Config {
     pub allocate_rate: u32,
     /// POSTs that may come at once before `allocate-rate` applies.
     pub allocate_burst: u32,
+    /// Standalone: addresses whose IP is not assigned run without a macvlan, over one shared
+    /// socket on the parent (docs/engine.md); false: a macvlan per address, as the original.
+    pub linkless: bool,
+    /// Standalone: addresses held at most; more are refused with 503.
+    pub max_addresses: usize,
+    /// Standalone: addresses on macvlans of the parent at most; 0: half of the kernel's
+    /// `net.core.netdev_max_backlog`.
+    pub links_per_parent: usize,
 }
 
 impl Default for Config {
@@ -74,6 +82,9 @@ impl Default for Config {
             dhcp_burst: 100,
             allocate_rate: 20,
             allocate_burst: 40,
+            linkless: true,
+            max_addresses: crate::manager::DEFAULT_MAX_ADDRESSES,
+            links_per_parent: 0,
         }
     }
 }
@@ -109,6 +120,9 @@ const KEYS: &[(&str, Kind)] = &[
     ("dhcp-burst", Kind::Integer),
     ("allocate-rate", Kind::Integer),
     ("allocate-burst", Kind::Integer),
+    ("linkless", Kind::Bool),
+    ("max-addresses", Kind::Integer),
+    ("links-per-parent", Kind::Integer),
 ];
 
 /// Where the file comes from: the default path may be missing, an explicit one may not.

@@ -1290,3 +1290,133 @@ fn managers_of_different_instances_never_remove_each_others_links() {
         assert!(exists(b_key.interface()), "the refusal changed nothing");
     });
 }
+
+// --- linkless addresses: the parent's shared socket --------------------------------------------
+
+#[test]
+fn the_parent_socket_sends_from_each_address_mac_and_receives_replies_for_each() {
+    use dhcpmanager_engine::net::ParentSocket;
+    use dhcpmanager_engine::net::parent_socket::interface_index;
+    let pair = NetnsPair::new();
+    let _dnsmasq = start_dnsmasq(&pair);
+    let capture_file = pair.dir.join("parent.pcap");
+    let mut tcpdump = start_tcpdump(&pair.a, "va", &capture_file);
+    let (first, second) = (mac_of(40), mac_of(41));
+    in_netns(&pair.a, move || async move {
+        let socket = ParentSocket::open(interface_index("va").unwrap()).unwrap();
+        socket.add_mac(first).unwrap();
+        socket.add_mac(second).unwrap();
+        // Broadcast flag on (broadcast reply) for one, off (unicast to its MAC) for the other.
+        for (mac, xid, broadcast) in [(first, 0x4444_0001, true), (second, 0x4444_0002, false)] {
+            socket
+                .send(
+                    mac,
+                    None,
+                    Ipv4Addr::UNSPECIFIED,
+                    Ipv4Addr::BROADCAST,
+                    &discover(mac, xid, broadcast),
+                )
+                .unwrap();
+            let reply = loop {
+                let reply = socket.recv().await.unwrap();
+                if decode(&reply.received.payload).xid() == xid {
+                    break reply;
+                }
+            };
+            assert_eq!(reply.chaddr, mac, "handed out by chaddr");
+            let offer = decode(&reply.received.payload);
+            assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+            assert_eq!(reply.received.src_ip, SERVER_IP);
+            let expected_dst = if broadcast {
+                Ipv4Addr::BROADCAST
+            } else {
+                offer.yiaddr()
+            };
+            assert_eq!(
+                reply.received.dst_ip, expected_dst,
+                "broadcast flag {broadcast}"
+            );
+        }
+        socket.drop_mac(first).unwrap();
+        socket.drop_mac(second).unwrap();
+    });
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let requests = loop {
+        let requests: Vec<Vec<u8>> = pcap_frames(&capture_file)
+            .into_iter()
+            .filter(|f| udp_dst_port(f) == Some(67))
+            .collect();
+        if requests.len() >= 2 {
+            break requests;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tcpdump did not record both requests"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    tcpdump.stop();
+    assert_eq!(
+        &requests[0][6..12],
+        &first,
+        "Ethernet source is the address's MAC"
+    );
+    assert_eq!(
+        &requests[1][6..12],
+        &second,
+        "Ethernet source is the address's MAC"
+    );
+    // The BOOTP chaddr (14 Ethernet + 20 IP + 8 UDP + 28) matches the source.
+    assert_eq!(&requests[0][70..76], &first);
+    assert_eq!(&requests[1][70..76], &second);
+}
+
+#[test]
+fn arp_probe_from_the_parent_uses_the_address_mac_and_finds_a_conflict() {
+    use dhcpmanager_engine::net::arp::{parent_arp_socket, probe_on_raw};
+    use dhcpmanager_engine::net::parent_socket::interface_index;
+    let pair = NetnsPair::new();
+    let capture_file = pair.dir.join("arp.pcap");
+    let mut tcpdump = start_tcpdump(&pair.a, "va", &capture_file);
+    let mac = mac_of(42);
+    in_netns(&pair.a, move || async move {
+        let parent = interface_index("va").unwrap();
+        let timing = ProbeTiming::scaled(0.02);
+        let probe = |ip| async move {
+            probe_on_raw(parent_arp_socket(parent).unwrap(), parent, mac, ip, timing)
+                .await
+                .unwrap()
+        };
+        assert!(probe(SERVER_IP).await, "10.77.0.1 is on the peer");
+        assert!(!probe(Ipv4Addr::new(10, 77, 0, 99)).await);
+    });
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let probes = loop {
+        let probes: Vec<Vec<u8>> = pcap_frames(&capture_file)
+            .into_iter()
+            .filter(|f| f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[6..12] == mac)
+            .collect();
+        if probes.len() >= 4 {
+            break probes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tcpdump did not record the probes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    tcpdump.stop();
+    for frame in &probes {
+        assert_eq!(&frame[0..6], &[0xff; 6], "probes are broadcast");
+        assert_eq!(
+            &frame[22..28],
+            &mac,
+            "sender hardware address is the address's MAC"
+        );
+        assert_eq!(
+            &frame[28..32],
+            &[0, 0, 0, 0],
+            "an RFC 5227 probe: sender IP 0"
+        );
+    }
+}

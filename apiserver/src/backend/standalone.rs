@@ -33,7 +33,7 @@ use std::time::Instant;
 use chrono::Utc;
 use dhcpmanager_engine::dhcp::{ClientConfig, ClientIdMode, LeaseRecord};
 use dhcpmanager_engine::manager::{
-    AddressSpec, LeaseManager, ManagerConfig, PersistFn, wait_bound,
+    AddressSpec, Capacity, LeaseManager, ManagerConfig, PersistFn, wait_bound,
 };
 use dhcpmanager_engine::metrics::{EngineMetrics, IpChanges};
 use dhcpmanager_engine::state_dir::StateDirLock;
@@ -107,6 +107,12 @@ impl StandaloneOptions {
             manager: ManagerConfig {
                 rate_per_second: f64::from(config.dhcp_rate),
                 burst: config.dhcp_burst,
+                linkless: config.linkless,
+                capacity: Capacity {
+                    addresses: config.max_addresses,
+                    links_per_parent: (config.links_per_parent > 0)
+                        .then_some(config.links_per_parent),
+                },
                 ..ManagerConfig::default()
             },
         }
@@ -214,7 +220,11 @@ impl StandaloneBackend {
         }
         let removed = core
             .manager
-            .remove_orphan_links(|id| core.shared.book().contains(id))
+            // A linkless address keeps no link: one left from a run with links goes.
+            .remove_orphan_links(|id| {
+                core.manager.needs_link(core.options.assign_interfaces)
+                    && core.shared.book().contains(id)
+            })
             .await?;
         info!(
             allocations = core.shared.book().len(),

@@ -15,15 +15,13 @@ use super::counters::Counters;
 use super::owned_links::OwnedLinks;
 use super::rate_limit::{Priority, RateLimiter};
 use super::spec::{AddressStatus, KeyedEvent};
-use crate::dhcp::{
-    Action, Client, ClientEvent, L2Dest, LeaseRecord, MacAddr, ReplyMeta, State, Transmission,
-};
+use super::transport::Transport;
+use crate::dhcp::{Action, Client, ClientEvent, LeaseRecord, MacAddr, ReplyMeta, State};
 use crate::net::announce::{self, Announcement};
 use crate::net::arp::{self, ProbeTiming};
 
 /// RFC 5227 ANNOUNCE_INTERVAL: the second gratuitous ARP follows the first after this.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
-use crate::net::packet_socket::DhcpSocket;
 
 /// What the manager may ask of a running address.
 #[derive(Debug)]
@@ -38,7 +36,9 @@ pub(super) enum Command {
 pub(super) struct Driver {
     pub key: String,
     pub client: Client,
-    pub socket: DhcpSocket,
+    /// Its macvlan's socket, or its place on the parent's shared socket.
+    pub transport: Transport,
+    /// The link's index (assign mode); the parent's for a linkless address.
     pub ifindex: u32,
     pub links: OwnedLinks,
     pub limiter: Arc<RateLimiter>,
@@ -92,7 +92,7 @@ impl Driver {
                     }
                     return;
                 }
-                received = self.socket.recv() => match received {
+                received = self.transport.recv() => match received {
                     Ok(frame) => {
                         Counters::bump(&self.counters.packets_received);
                         let meta = ReplyMeta {
@@ -131,7 +131,7 @@ impl Driver {
                         || transmission.kind == crate::dhcp::MessageKind::Release;
                     let priority = if held { Priority::Held } else { Priority::New };
                     self.limiter.acquire(priority).await;
-                    match transmit(&self.socket, &transmission) {
+                    match self.transport.send(&transmission) {
                         Ok(()) => Counters::bump(&self.counters.packets_sent),
                         Err(error) => {
                             Counters::bump(&self.counters.send_errors);
@@ -144,25 +144,16 @@ impl Driver {
                     }
                 }
                 Action::Probe(ip) => {
-                    let conflict = match self.netns.run(|| arp::arp_socket(self.ifindex)) {
-                        Ok(Ok(fd)) => {
-                            arp::probe_on(
-                                fd,
-                                self.ifindex,
-                                self.socket.mac(),
-                                ip,
-                                self.probe_timing,
-                            )
-                            .await
-                        }
-                        Ok(Err(error)) | Err(error) => Err(error),
-                    }
-                    .unwrap_or_else(|error| {
-                        // A probe that cannot run must not block the lease: RFC 5227 probing
-                        // is a SHOULD. Report it and carry on as if no conflict was seen.
-                        warn!(key = %self.key, %error, "ARP probe failed");
-                        false
-                    });
+                    let conflict = self
+                        .transport
+                        .probe(ip, self.probe_timing, &self.netns)
+                        .await
+                        .unwrap_or_else(|error| {
+                            // A probe that cannot run must not block the lease: RFC 5227 probing
+                            // is a SHOULD. Report it and carry on as if no conflict was seen.
+                            warn!(key = %self.key, %error, "ARP probe failed");
+                            false
+                        });
                     queue.extend(self.client.on_probe_result(Utc::now(), conflict));
                 }
                 Action::Persist(record) => {
@@ -238,7 +229,7 @@ impl Driver {
                 ));
             }
         }
-        let (ifindex, mac, netns) = (self.ifindex, self.socket.mac(), self.netns.clone());
+        let (ifindex, mac, netns) = (self.ifindex, self.transport.mac(), self.netns.clone());
         let send = move || match netns.run(|| arp::announce(ifindex, mac, ip)) {
             Ok(Ok(())) => {}
             Ok(Err(error)) | Err(error) => warn!(%ip, %error, "gratuitous ARP failed"),
@@ -300,20 +291,6 @@ impl Driver {
         self.publish();
         self.status.send_modify(|status| status.finished = true);
     }
-}
-
-/// Puts one transmission of the client on the wire.
-pub(super) fn transmit(socket: &DhcpSocket, transmission: &Transmission) -> std::io::Result<()> {
-    let l2 = match transmission.l2_dest {
-        L2Dest::Broadcast => None,
-        L2Dest::Unicast(mac) => Some(mac.octets()),
-    };
-    socket.send(
-        l2,
-        transmission.src_ip,
-        transmission.dst_ip,
-        &transmission.payload,
-    )
 }
 
 /// Sleeps until a wall-clock deadline; forever when there is none.

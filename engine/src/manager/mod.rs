@@ -12,6 +12,7 @@ pub mod owned_links;
 mod rate_limit;
 mod reaper;
 mod spec;
+mod transport;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,7 @@ use crate::net::links::{self, Links};
 use crate::net::packet_socket::DhcpSocket;
 use driver::{Command, Driver};
 use owned_links::Claim;
+use transport::{Parents, Transport};
 
 /// Called with every change of an address's lease record (`None`: the lease is gone). It runs
 /// on the address's task: keep it quick (hand off to a channel for slow storage).
@@ -60,6 +62,10 @@ pub struct ManagerConfig {
     pub netns: NetNs,
     /// How many addresses this manager takes on; more are refused (see [`capacity`]).
     pub capacity: Capacity,
+    /// Addresses whose IP is not configured on the node (`ip_assigned` false) run without a
+    /// macvlan, over one shared socket per parent (see [`transport`]); off: every address gets
+    /// its own macvlan, as before.
+    pub linkless: bool,
 }
 
 impl Default for ManagerConfig {
@@ -72,6 +78,7 @@ impl Default for ManagerConfig {
             probe_timing: ProbeTiming::RFC5227,
             netns: NetNs::current(),
             capacity: Capacity::default(),
+            linkless: true,
         }
     }
 }
@@ -83,8 +90,9 @@ struct Running {
     mac: crate::dhcp::MacAddr,
     /// Its place in the capacity, given back when it is removed.
     _seat: capacity::Seat,
-    /// Keeps the orphan sweep off the link while the address runs.
-    _claim: Claim,
+    /// Keeps the orphan sweep off the link while the address runs; `None` for a linkless
+    /// address, which has no link (and so none is kept for it).
+    claim: Option<Claim>,
 }
 
 /// Holds leases for many addresses. Cheap to clone; all clones share the same addresses.
@@ -102,6 +110,8 @@ struct Inner {
     counters: Arc<Counters>,
     running: Mutex<HashMap<String, Running>>,
     seats: capacity::Seats,
+    /// The shared sockets of linkless addresses, one per parent.
+    parents: Parents,
 }
 
 impl LeaseManager {
@@ -138,6 +148,7 @@ impl LeaseManager {
             inner: Arc::new(Inner {
                 limiter: Arc::new(RateLimiter::new(config.rate_per_second, config.burst)),
                 seats: capacity::Seats::new(&config.capacity, KernelLimits::read()),
+                parents: Parents::new(config.netns.clone()),
                 config,
                 persist,
                 events,
@@ -172,6 +183,12 @@ impl LeaseManager {
         self.inner.seats.limits()
     }
 
+    /// Whether an address runs on a macvlan of its own: with its IP assigned, or when the
+    /// manager is not linkless.
+    pub fn needs_link(&self, ip_assigned: bool) -> bool {
+        ip_assigned || !self.inner.config.linkless
+    }
+
     /// Addresses that count against the capacity now (running, starting, prepared).
     pub fn seated(&self) -> usize {
         self.inner.seats.taken()
@@ -192,6 +209,9 @@ impl LeaseManager {
     ) -> Result<watch::Receiver<AddressStatus>, Error> {
         if let Some(running) = self.lock().get(&spec.key) {
             return Ok(running.status.clone());
+        }
+        if !self.needs_link(spec.client.ip_assigned) {
+            return self.start_linkless(spec, record);
         }
         let link = self
             .prepare(&spec.key, &spec.parent, spec.client.mac)
@@ -290,7 +310,6 @@ impl LeaseManager {
             ..
         } = link;
         let now = Utc::now();
-        let seed = rand::random::<u64>();
         let assign_ip = spec.client.ip_assigned;
         let resumable = record.filter(|r| r.mac == mac && r.is_valid_at(now));
         let mut assigned = None;
@@ -308,6 +327,74 @@ impl LeaseManager {
                 }
             }
         }
+        let launch = Launch {
+            transport: Transport::Link { socket, ifindex },
+            interface: name,
+            ifindex,
+            claim: Some(claim),
+            assigned,
+            seat,
+        };
+        Ok(self.launch(spec, resumable, launch))
+    }
+
+    /// [`LeaseManager::start`] for an address that needs no link: its client runs over the
+    /// parent's shared socket (opened with the first such address on that parent).
+    fn start_linkless(
+        &self,
+        spec: AddressSpec,
+        record: Option<LeaseRecord>,
+    ) -> Result<watch::Receiver<AddressStatus>, Error> {
+        let refused = |refusal| Error::Capacity {
+            key: spec.key.clone(),
+            refusal,
+        };
+        let seat = self
+            .inner
+            .seats
+            .take(&spec.parent, false)
+            .map_err(refused)?;
+        let lessee = self
+            .inner
+            .parents
+            .join(&spec.parent, spec.client.mac.octets())
+            .map_err(|source| Error::Socket {
+                interface: spec.parent.clone(),
+                source,
+            })?;
+        let now = Utc::now();
+        let mac = spec.client.mac;
+        let resumable = record.filter(|r| r.mac == mac && r.is_valid_at(now));
+        let launch = Launch {
+            interface: lessee.parent_name().to_owned(),
+            ifindex: lessee.parent_ifindex(),
+            transport: Transport::Parent(lessee),
+            claim: None,
+            assigned: None,
+            seat,
+        };
+        Ok(self.launch(spec, resumable, launch))
+    }
+
+    /// Spawns the driver of one address and records it as running.
+    fn launch(
+        &self,
+        spec: AddressSpec,
+        resumable: Option<LeaseRecord>,
+        launch: Launch,
+    ) -> watch::Receiver<AddressStatus> {
+        let Launch {
+            transport,
+            interface,
+            ifindex,
+            claim,
+            assigned,
+            seat,
+        } = launch;
+        let now = Utc::now();
+        let seed = rand::random::<u64>();
+        let assign_ip = spec.client.ip_assigned;
+        let mac = spec.client.mac;
         let client = match resumable {
             Some(record) => Client::resume(spec.client, record, now, seed),
             None => Client::new(spec.client, seed),
@@ -315,16 +402,16 @@ impl LeaseManager {
         let (status_tx, status_rx) = watch::channel(AddressStatus {
             state: client.state(),
             record: client.record().cloned(),
-            interface: name,
+            interface,
             ifindex,
             last_error: None,
             finished: false,
         });
-        let (commands_tx, commands_rx) = mpsc::channel(4);
+        let (commands_tx, commands_rx) = mpsc::channel(1);
         let driver = Driver {
             key: spec.key.clone(),
             client,
-            socket,
+            transport,
             ifindex,
             links: self.inner.links.clone(),
             limiter: self.inner.limiter.clone(),
@@ -348,10 +435,10 @@ impl LeaseManager {
                 task,
                 mac,
                 _seat: seat,
-                _claim: claim,
+                claim,
             },
         );
-        Ok(status_rx)
+        status_rx
     }
 
     /// Sends DHCPRELEASE for the address (if it holds a lease), stops it and retires its link
@@ -397,7 +484,7 @@ impl LeaseManager {
             let _ = wait.await;
         }
         let _ = running.task.await;
-        if remove_link {
+        if remove_link && running.claim.is_some() {
             // The status has the current index: a driver re-creates a link that vanished.
             let ifindex = running.status.borrow().ifindex;
             self.inner.links.retire(ifindex, running.mac).await?;
@@ -413,21 +500,48 @@ impl LeaseManager {
         spec: AddressSpec,
         record: LeaseRecord,
     ) -> Result<(), Error> {
+        let now = Utc::now();
+        let mut client = Client::resume(spec.client.clone(), record, now, rand::random());
+        let actions = client.release(now);
+        let send_all = |transport: &Transport| {
+            actions.iter().try_for_each(|action| {
+                if let crate::dhcp::Action::Send(transmission) = action {
+                    transport.send(transmission)?;
+                    Counters::bump(&self.inner.counters.packets_sent);
+                }
+                Ok::<(), std::io::Error>(())
+            })
+        };
+        if !self.needs_link(spec.client.ip_assigned) {
+            let socket_error = |source| Error::Socket {
+                interface: spec.parent.clone(),
+                source,
+            };
+            let lessee = self
+                .inner
+                .parents
+                .join(&spec.parent, spec.client.mac.octets())
+                .map_err(socket_error)?;
+            return send_all(&Transport::Parent(lessee)).map_err(socket_error);
+        }
         let link = self
             .prepare(&spec.key, &spec.parent, spec.client.mac)
             .await?;
-        let now = Utc::now();
-        let mut client = Client::resume(spec.client, record, now, rand::random());
-        let sent = client.release(now).into_iter().try_for_each(|action| {
-            if let crate::dhcp::Action::Send(transmission) = action {
-                driver::transmit(&link.socket, &transmission)?;
-                Counters::bump(&self.inner.counters.packets_sent);
-            }
-            Ok::<(), std::io::Error>(())
-        });
-        let interface = link.name.clone();
-        self.discard(link).await?;
-        sent.map_err(|source| Error::Socket { interface, source })
+        let PreparedLink {
+            name,
+            ifindex,
+            socket,
+            mac,
+            ..
+        } = link;
+        let transport = Transport::Link { socket, ifindex };
+        let sent = send_all(&transport);
+        drop(transport);
+        self.inner.links.retire(ifindex, mac).await?;
+        sent.map_err(|source| Error::Socket {
+            interface: name,
+            source,
+        })
     }
 
     /// The current status of one address.
@@ -451,6 +565,17 @@ impl LeaseManager {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
         lock(&self.inner.running)
     }
+}
+
+/// What [`LeaseManager::launch`] needs besides the spec and record: where the client runs.
+struct Launch {
+    transport: Transport,
+    interface: String,
+    ifindex: u32,
+    /// The link's claim; `None`: linkless.
+    claim: Option<Claim>,
+    assigned: Option<(std::net::Ipv4Addr, u8)>,
+    seat: capacity::Seat,
 }
 
 /// A macvlan and its packet socket, made by [`LeaseManager::prepare`] for one key and MAC.

@@ -133,10 +133,61 @@ pub async fn probe_on(
     ip: Ipv4Addr,
     timing: ProbeTiming,
 ) -> io::Result<bool> {
+    probe_with(fd, ifindex, mac, ip, timing, Framing::Kernel).await
+}
+
+/// [`probe`] for a linkless address, on a socket from [`parent_arp_socket`]: in frames whose
+/// Ethernet source is the address's `mac` (not the parent's), so the probe looks exactly like one
+/// from the address's own macvlan. Replies to `mac` reach the socket through the address's unicast
+/// membership on the parent (see [`crate::net::parent_socket`]).
+pub async fn probe_on_raw(
+    fd: OwnedFd,
+    parent_ifindex: u32,
+    mac: [u8; 6],
+    ip: Ipv4Addr,
+    timing: ProbeTiming,
+) -> io::Result<bool> {
+    probe_with(fd, parent_ifindex, mac, ip, timing, Framing::Ours).await
+}
+
+/// A `SOCK_RAW` ARP socket on the parent (see [`probe_on_raw`]), opened in the calling thread's
+/// network namespace.
+pub fn parent_arp_socket(parent_ifindex: u32) -> io::Result<OwnedFd> {
+    let fd = super::parent_socket::raw_packet_socket()?;
+    bind_to_interface(fd.as_raw_fd(), parent_ifindex, ETH_P_ARP)?;
+    Ok(fd)
+}
+
+/// Who writes the Ethernet header: the kernel (`SOCK_DGRAM`, the link's MAC) or we (`SOCK_RAW`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Kernel,
+    Ours,
+}
+
+async fn probe_with(
+    fd: OwnedFd,
+    ifindex: u32,
+    mac: [u8; 6],
+    ip: Ipv4Addr,
+    timing: ProbeTiming,
+    framing: Framing,
+) -> io::Result<bool> {
     // SAFETY: we own this fd and keep it open, unreplaced, for as long as the AsyncFd lives.
     let fd = unsafe { AsyncFd::register(fd)? };
     let dest = link_address(ifindex, ETH_P_ARP, BROADCAST_MAC);
-    let request = build_probe(mac, ip);
+    let (request, header) = match framing {
+        Framing::Kernel => (build_probe(mac, ip).to_vec(), 0),
+        Framing::Ours => (
+            super::parent_socket::ethernet_frame(
+                BROADCAST_MAC,
+                mac,
+                ETH_P_ARP,
+                &build_probe(mac, ip),
+            ),
+            14,
+        ),
+    };
 
     // StdRng, not ThreadRng: this future must be Send (it runs inside spawned driver tasks).
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
@@ -150,7 +201,8 @@ pub async fn probe_on(
         tokio::select! {
             received = fd.async_io(Interest::READABLE, |fd| recv_from(fd.as_raw_fd(), &mut buf)) => {
                 let (len, from) = received?;
-                if from.sll_pkttype != libc::PACKET_OUTGOING && is_conflict(&buf[..len], mac, ip) {
+                let arp = buf.get(header..len).unwrap_or_default();
+                if from.sll_pkttype != libc::PACKET_OUTGOING && is_conflict(arp, mac, ip) {
                     return Ok(true);
                 }
             }

@@ -82,6 +82,33 @@ pub fn dhcp_client_filter(mac: [u8; 6]) -> Vec<BpfInstruction> {
     program
 }
 
+/// Length of the Ethernet header in front of the IP header on a `SOCK_RAW` packet socket.
+pub const ETHERNET_HEADER_LEN: u32 = 14;
+
+/// For the one `SOCK_RAW` socket a parent shares among all its linkless addresses (offset 0 is
+/// the Ethernet header): IPv4, UDP, not a fragment, destination port 68, and nothing more — the
+/// socket's owner hands each reply to its address by `chaddr`, so one filter serves them all.
+pub fn dhcp_replies_filter() -> Vec<BpfInstruction> {
+    let ip = ETHERNET_HEADER_LEN;
+    // DROP is the last instruction (index 11).
+    let program = vec![
+        /* 0 */ stmt(BPF_LD | BPF_B | BPF_ABS, ip),
+        /* 1 */ stmt(BPF_ALU | BPF_RSH | BPF_K, 4),
+        /* 2 */ jump(BPF_JMP | BPF_JEQ | BPF_K, 4, 0, 8),
+        /* 3 */ stmt(BPF_LD | BPF_B | BPF_ABS, ip + 9),
+        /* 4 */ jump(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_UDP, 0, 6),
+        /* 5 */ stmt(BPF_LD | BPF_H | BPF_ABS, ip + 6),
+        /* 6 */ jump(BPF_JMP | BPF_JSET | BPF_K, FRAGMENT_MASK, 4, 0),
+        /* 7 */ stmt(BPF_LDX | BPF_B | BPF_MSH, ip),
+        /* 8 */ stmt(BPF_LD | BPF_H | BPF_IND, ip + 2),
+        /* 9 */ jump(BPF_JMP | BPF_JEQ | BPF_K, DHCP_CLIENT_PORT, 0, 1),
+        /* 10 */ stmt(BPF_RET | BPF_K, ACCEPT),
+        /* 11 */ stmt(BPF_RET | BPF_K, DROP),
+    ];
+    debug_assert_eq!(program.len(), 12);
+    program
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +250,41 @@ mod tests {
         assert!(!accepts(&p[..20 + 8 + 33]));
         assert!(accepts(&p[..20 + 8 + 34]));
         assert!(!accepts(&[]));
+    }
+
+    fn in_ethernet(ip_packet: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0xff; 6];
+        frame.extend_from_slice(&OTHER);
+        frame.extend_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(ip_packet);
+        frame
+    }
+
+    #[test]
+    fn the_shared_filter_takes_every_reply_to_port_68_whatever_its_chaddr() {
+        let shared = dhcp_replies_filter();
+        let accepts = |packet: &[u8]| run(&shared, &in_ethernet(packet)) != 0;
+        assert_eq!(run(&shared, &in_ethernet(&reply_packet(MINE, 68))), ACCEPT);
+        assert!(accepts(&reply_packet(OTHER, 68)));
+        assert!(!accepts(&reply_packet(MINE, 67)), "a client's own DISCOVER");
+        let mut tcp = reply_packet(MINE, 68);
+        tcp[9] = 6;
+        assert!(!accepts(&tcp));
+        let mut fragment = reply_packet(MINE, 68);
+        fragment[6] = 0x20;
+        assert!(!accepts(&fragment));
+        let plain = reply_packet(MINE, 68);
+        let mut with_option = plain[..20].to_vec();
+        with_option.extend_from_slice(&[1, 1, 1, 0]);
+        with_option.extend_from_slice(&plain[20..]);
+        with_option[0] = 0x46;
+        assert!(accepts(&with_option), "follows the IP header length");
+        assert!(!accepts(&[]));
+        for (pc, i) in shared.iter().enumerate() {
+            if i.code & 0x07 == BPF_JMP {
+                assert!(pc + 1 + usize::from(i.jt.max(i.jf)) < shared.len());
+            }
+        }
     }
 
     #[test]

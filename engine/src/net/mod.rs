@@ -15,6 +15,8 @@ pub mod links;
 pub mod netns;
 #[allow(unsafe_code)]
 pub mod packet_socket;
+#[allow(unsafe_code)]
+pub mod parent_socket;
 
 pub use arp::{ProbeTiming, probe};
 pub use links::{
@@ -22,3 +24,4 @@ pub use links::{
 };
 pub use netns::NetNs;
 pub use packet_socket::{DhcpSocket, Received};
+pub use parent_socket::{ParentReceived, ParentSocket};

@@ -21,12 +21,12 @@ use super::bpf::{BpfInstruction, dhcp_client_filter};
 use super::frame::{UdpChecksum, build_client_datagram, parse_client_datagram};
 
 pub const BROADCAST_MAC: [u8; 6] = [0xff; 6];
-const ETH_P_IP: u16 = 0x0800;
+pub(super) const ETH_P_IP: u16 = 0x0800;
 // From <linux/if_packet.h>; not in the libc crate.
 const PACKET_AUXDATA: libc::c_int = 8;
 const TP_STATUS_CSUMNOTREADY: u32 = 1 << 3;
 /// Big enough for any frame on a standard MTU; DHCP replies are far smaller.
-const RECEIVE_BUFFER: usize = 2048;
+pub(super) const RECEIVE_BUFFER: usize = 2048;
 
 /// A DHCP message received on the interface, with the addresses it came with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,7 +144,7 @@ pub(super) fn packet_socket(protocol: u16) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn attach_filter(fd: RawFd, program: &[BpfInstruction]) -> io::Result<()> {
+pub(super) fn attach_filter(fd: RawFd, program: &[BpfInstruction]) -> io::Result<()> {
     let filters: Vec<libc::sock_filter> = program
         .iter()
         .map(|i| libc::sock_filter {
@@ -177,7 +177,7 @@ fn attach_filter(fd: RawFd, program: &[BpfInstruction]) -> io::Result<()> {
 
 /// Asks the kernel to report, per packet, whether its checksum was left to (absent) hardware:
 /// replies between namespaces over veth/macvlan carry only a partial UDP checksum.
-fn enable_auxdata(fd: RawFd) -> io::Result<()> {
+pub(super) fn enable_auxdata(fd: RawFd) -> io::Result<()> {
     let on: libc::c_int = 1;
     // SAFETY: `on` is a valid c_int for the duration of the call.
     let rc = unsafe {
@@ -196,7 +196,7 @@ fn enable_auxdata(fd: RawFd) -> io::Result<()> {
 }
 
 /// `recvfrom` plus the `PACKET_AUXDATA` status telling whether the UDP checksum is ready.
-fn recv_with_status(
+pub(super) fn recv_with_status(
     fd: RawFd,
     buf: &mut [u8],
 ) -> io::Result<(usize, libc::sockaddr_ll, UdpChecksum)> {

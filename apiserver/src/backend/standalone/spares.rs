@@ -70,6 +70,11 @@ impl Core {
     /// Sets free MACs aside until the wanted number of spares exists (or no MAC is free) and
     /// prepares their links in the background.
     pub(super) fn fill_spares(self: &Arc<Self>) {
+        if !self.manager.needs_link(self.options.assign_interfaces) {
+            // A linkless address has no link to make ahead of time: its start is already as
+            // quick as a start on a spare.
+            return;
+        }
         loop {
             let reserved = {
                 let mut book = self.shared.book();
