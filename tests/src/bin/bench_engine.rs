@@ -14,8 +14,8 @@
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,11 +23,12 @@ use dhcpmanager_engine::dhcp::{ClientConfig, MacAddr};
 use dhcpmanager_engine::manager::{
     AddressSpec, CounterSnapshot, LeaseManager, ManagerConfig, PersistFn, wait_bound,
 };
+use dhcpmanager_tests::bench::big_kea::{BigPoolKea, LeaseTimes};
 use dhcpmanager_tests::bench::cli;
 use dhcpmanager_tests::bench::error::BenchError;
 use dhcpmanager_tests::bench::figures::{self, Latency};
 use dhcpmanager_tests::bench::raw_dora;
-use dhcpmanager_tests::lab::{Lab, SERVER_ADDR_1, Server, ServerOpts};
+use dhcpmanager_tests::lab::{Lab, Server, ServerOpts};
 use dhcpmanager_tests::netns::in_netns;
 use dhcpmanager_tests::udhcpc::Udhcpc;
 use serde::Serialize;
@@ -41,8 +42,11 @@ const HIGH_RATE: f64 = 1_000_000.0;
 const HIGH_BURST: u32 = 100_000;
 /// Kea's lease: short enough that renewals (T1) run while the 500 leases are held.
 const KEA_LEASE_SECS: u32 = 30;
-const KEA_RENEW_SECS: u32 = 3;
-const KEA_REBIND_SECS: u32 = 20;
+const KEA_TIMES: LeaseTimes = LeaseTimes {
+    lease_secs: KEA_LEASE_SECS,
+    renew_secs: Some(3),
+    rebind_secs: Some(20),
+};
 
 const TARGET_P50_VS_FLOOR: f64 = 2.0;
 const TARGET_500_SECS: f64 = 1.0;
@@ -164,88 +168,6 @@ struct Report {
     memory: Option<Memory>,
     concurrent: Vec<Concurrent>,
     single_lease: Vec<SingleLease>,
-}
-
-// --- the lab's Kea with a /16 pool -------------------------------------------------------------
-
-/// Kea on server address 1 of the lab with a pool of 10.77.1.0 - 10.77.255.250: the lab's own
-/// config (lab.sh) allows only a /24 range, which 500 new leases would exhaust. Same raw socket,
-/// memfile and logging as the lab's config. Killed by pid on drop; its pid file lies where
-/// `lab.sh down` also looks, as a second safety net.
-struct BigPoolKea {
-    child: Child,
-}
-
-impl BigPoolKea {
-    fn start(lab: &Lab) -> Result<BigPoolKea> {
-        let dir = lab.dir().join("bench-kea");
-        std::fs::create_dir_all(dir.join("run")).map_err(io_error("creating bench-kea dir"))?;
-        let config = format!(
-            r#"{{ "Dhcp4": {{
-  "interfaces-config": {{ "interfaces": [ "lan" ], "dhcp-socket-type": "raw" }},
-  "lease-database": {{ "type": "memfile", "persist": true, "name": "{dir}/leases", "lfc-interval": 0 }},
-  "authoritative": false,
-  "valid-lifetime": {KEA_LEASE_SECS}, "min-valid-lifetime": {KEA_LEASE_SECS}, "max-valid-lifetime": {KEA_LEASE_SECS},
-  "renew-timer": {KEA_RENEW_SECS}, "rebind-timer": {KEA_REBIND_SECS},
-  "subnet4": [ {{ "id": 1, "subnet": "10.77.0.0/16",
-    "pools": [ {{ "pool": "10.77.1.0 - 10.77.255.250" }} ],
-    "option-data": [ {{ "name": "routers", "data": "{SERVER_ADDR_1}" }} ] }} ],
-  "loggers": [ {{ "name": "kea-dhcp4", "output_options": [ {{ "output": "stdout" }} ], "severity": "INFO" }} ]
-}} }}"#,
-            dir = dir.display()
-        );
-        let conf = dir.join("server.conf");
-        std::fs::write(&conf, config).map_err(io_error("writing kea config"))?;
-        let log = std::fs::File::create(dir.join("log")).map_err(io_error("kea log"))?;
-        let log2 = log.try_clone().map_err(io_error("kea log"))?;
-        let ns = lab.server_ns(SERVER_ADDR_1);
-        let run = dir.join("run");
-        // `ip netns exec` and `env` exec in place: the child's pid is Kea's own.
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns, "env"])
-            .arg(format!("KEA_PIDFILE_DIR={}", run.display()))
-            .arg(format!("KEA_LOCKFILE_DIR={}", run.display()))
-            .arg("KEA_LOGGER_DESTINATION=stdout")
-            .args(["kea-dhcp4", "-c"])
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(io_error("spawning kea-dhcp4"))?;
-        let kea = BigPoolKea { child };
-        std::fs::write(dir.join("pid"), kea.child.id().to_string())
-            .map_err(io_error("kea pid file"))?;
-        kea.wait_ready(&ns, &dir)?;
-        Ok(kea)
-    }
-
-    /// Ready when Kea itself holds UDP port 67 in its namespace (as lab.sh decides it).
-    fn wait_ready(&self, ns: &str, dir: &Path) -> Result<()> {
-        let needle = format!("pid={},", self.child.id());
-        for _ in 0..100 {
-            let out = Command::new("ip")
-                .args(["netns", "exec", ns, "ss", "-H", "-uanp", "sport = :67"])
-                .output()
-                .map_err(io_error("ss"))?;
-            if String::from_utf8_lossy(&out.stdout).contains(&needle) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-        Err(BenchError::Protocol(format!(
-            "kea-dhcp4 did not bind port 67 within 10 s:\n{log}"
-        )))
-    }
-}
-
-impl Drop for BigPoolKea {
-    fn drop(&mut self) {
-        // SAFETY: plain kill(2) of the process we spawned and have not reaped yet.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
 }
 
 // --- helpers -----------------------------------------------------------------------------------
@@ -779,7 +701,7 @@ fn run(args: &Args) -> Result<Report> {
     };
     for &server in &args.servers {
         if server == Server::Kea {
-            let kea = BigPoolKea::start(&lab)?;
+            let kea = BigPoolKea::start(&lab, KEA_TIMES)?;
             let (runs, memory) = kea_phases(&lab, args.hold, args.big)?;
             report.concurrent = runs;
             report.memory = memory;
