@@ -3,11 +3,13 @@
 #   scripts/bench.sh [engine] [--samples N] [--servers kea,dnsmasq,dhcpd] [--hold-secs S] [--big N] [--out FILE]
 #   scripts/bench.sh agent [--samples N] [--many N] [--out FILE]
 #   scripts/bench.sh api [--samples N] [--backends standalone,standalone-no-spares,kubernetes] [--servers kea,dnsmasq,dhcpd] [--renewal-addresses N] [--renewal-hold-secs S] [--out FILE]
-#   scripts/bench.sh all        # the three above with their defaults, one after the other
+#   scripts/bench.sh scale [--levels 100,1000,5000,10000] [--link-levels 100,1000] [--hold-secs S] [--out FILE]
+#   scripts/bench.sh transport [--sizes 100,1000,5000,10000] [--out FILE]
+#   scripts/bench.sh all        # engine, agent and api with their defaults, one after the other
 # Installs what it lacks (scripts/install-deps.sh; for agent/api also the Kubernetes binaries),
 # builds in release mode and runs in labs of their own (network namespaces they create and remove;
 # nothing on the host's links). Each prints its table; the same figures go to
-# target/bench/{engine,agent,api}.json. docs/benchmarks.md explains them.
+# target/bench/{engine,agent,api,scale,transport}.json. docs/benchmarks.md explains them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,16 +20,17 @@ fi
 
 which=engine
 case "${1:-}" in
-  engine|agent|api|all) which=$1; shift ;;
+  engine|agent|api|scale|transport|all) which=$1; shift ;;
 esac
 
 scripts/install-deps.sh
-if [ "$which" != engine ]; then
+if [ "$which" = agent ] || [ "$which" = api ] || [ "$which" = all ]; then
   scripts/install-k8s-tools.sh
   # the agent and the apiserver run as processes: release builds, found by dhcpmanager_tests::binaries
   cargo build --release --locked -p dhcpmanager-operator -p dhcpmanager-apiserver --bins
 fi
-cargo build --release --locked -p dhcpmanager-tests --bin bench_engine --bin bench_agent --bin bench_api
+cargo build --release --locked -p dhcpmanager-tests --bin bench_engine --bin bench_agent --bin bench_api \
+  --bin bench_scale --bin bench_transport
 # a lab left behind by a benchmark that was killed (no destructors ran) goes first
 bash tests/lab/lab.sh gc
 
