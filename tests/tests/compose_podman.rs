@@ -16,12 +16,19 @@ use dhcpmanager_tests::repo_root;
 use serde_json::Value;
 
 const STEP: Duration = Duration::from_secs(120);
+/// The compose file refuses to start without DHCP_AUTH_TOKEN (`/v1` on every host interface).
+const TOKEN: &str = "compose-test-token-0123456789abcdef";
 
 /// curl inside the lab's agent namespace (where the container's host network is).
 fn curl(lab: &Lab, method: &str, body: &str) -> Option<Value> {
+    curl_with_token(lab, method, body, TOKEN)
+}
+
+fn curl_with_token(lab: &Lab, method: &str, body: &str, token: &str) -> Option<Value> {
     let out = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", lab.agent_ns()))
         .args(["curl", "-sS", "--max-time", "30", "-X", method, "-d", body])
+        .args(["-H", &format!("X-Auth-Token: {token}")])
         .arg("http://127.0.0.1:8000/v1/ip")
         .output()
         .expect("curl");
@@ -66,6 +73,7 @@ fn compose_quickstart_under_podman_leases_keeps_across_restart_and_releases() {
     let env = [
         ("DHCPMANAGER_IMAGE", image_ref.as_str()),
         ("DHCPMANAGER_CONFIG", config.to_str().unwrap()),
+        ("DHCP_AUTH_TOKEN", TOKEN),
     ];
     let capture = lab.capture(lab.parent()).expect("capture");
 
@@ -83,6 +91,12 @@ fn compose_quickstart_under_podman_leases_keeps_across_restart_and_releases() {
         std::thread::sleep(Duration::from_millis(250));
     };
     assert_eq!(answer["status"], "success", "{answer}");
+    let refused = curl_with_token(&lab, "POST", r#"{"service":"default/other"}"#, "wrong");
+    assert_ne!(
+        refused.as_ref().map(|a| &a["status"]),
+        Some(&Value::from("success")),
+        "a wrong token is refused: {refused:?}"
+    );
     let ip: Ipv4Addr = answer["ip"].as_str().unwrap().parse().unwrap();
     let leases = lab.wait_for_leases(Server::Kea, "Kea records the lease", STEP, |l| {
         active_lease(l, ip).is_some()
