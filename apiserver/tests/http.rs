@@ -212,6 +212,15 @@ async fn bad_post_bodies_are_4xx_json_and_change_nothing() {
         (r#"{"service":""}"#, 400),
         (r#"{"name":"default/web"}"#, 400),
         (&too_long, 400),
+        // The CRD's rule for service names, in every backend: no NUL, newline or ';' reaches
+        // option 12, no '?', '#' or '..' reaches a Kubernetes path.
+        (r#"{"service":"ns/web\u0000"}"#, 400),
+        (r#"{"service":"ns/web\nx"}"#, 400),
+        (r#"{"service":"ns/web;reboot"}"#, 400),
+        (r#"{"service":"?x=/y"}"#, 400),
+        (r##"{"service":"#frag/y"}"##, 400),
+        (r#"{"service":"../x"}"#, 400),
+        (r#"{"service":"Default/Web"}"#, 400),
         (&too_large, 413),
     ];
     for (body, code) in cases {

@@ -186,6 +186,34 @@ impl DhcpAddress {
 /// The original service's rule: `"ns/name"` becomes `"name.ns"` (so that a DHCP-tied DNS
 /// resolves it inside the namespace's subdomain), a bare `"name"` stays. The one place this rule
 /// lives: the agent, the standalone apiserver and the `lease` command all call it.
+/// Checks `service` against the CRD's rule for `spec.service` ([`crate::patterns::SERVICE_REF`]):
+/// `namespace/name` or `name`, each a DNS-1123 label. Everything that builds a hostname or a
+/// Kubernetes path from a service name checks it first, so option 12 is always a DNS name and a
+/// namespace can never carry `/`, `?`, `#` or `..` into a URL.
+pub fn check_service_ref(service: &str) -> Result<(), String> {
+    let is_label = |text: &str| {
+        let bytes = text.as_bytes();
+        (1..=63).contains(&bytes.len())
+            && bytes
+                .iter()
+                .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && bytes[0] != b'-'
+            && bytes[bytes.len() - 1] != b'-'
+    };
+    let fits = match service.split_once('/') {
+        Some((namespace, name)) => is_label(namespace) && is_label(name),
+        None => is_label(service),
+    };
+    if fits {
+        return Ok(());
+    }
+    let shown: String = service.chars().take(80).collect();
+    Err(format!(
+        "\"service\" must be \"namespace/name\" or \"name\", each a DNS-1123 label (at most 63 \
+         lowercase letters, digits or '-', starting and ending with a letter or digit), not {shown:?}"
+    ))
+}
+
 pub fn hostname_for_service(service: &str) -> String {
     match service.split_once('/') {
         Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => {
@@ -212,6 +240,46 @@ fn non_empty(field: &Option<String>) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn service_refs_follow_exactly_the_crds_pattern() {
+        let pattern = regex::Regex::new(crate::patterns::SERVICE_REF).unwrap();
+        let long = "a".repeat(64);
+        let cases = [
+            "default/web",
+            "web",
+            "a/b",
+            "kube-system/pwn",
+            "shop-1/web-2",
+            "",
+            "/web",
+            "web/",
+            "?x=/y",
+            "#frag/y",
+            "../x",
+            "a/b/c",
+            "Default/web",
+            "ns/we b",
+            "ns/web\0",
+            "ns/web\nx",
+            "ns/web;rm",
+            "-ns/web",
+            "ns/web-",
+            long.as_str(),
+        ];
+        for service in cases {
+            assert_eq!(
+                check_service_ref(service).is_ok(),
+                pattern.is_match(service),
+                "{service:?}"
+            );
+        }
+        let error = check_service_ref("../x").unwrap_err();
+        assert!(
+            error.contains("DNS-1123") && error.contains("\"../x\""),
+            "{error}"
+        );
+    }
     use super::*;
 
     fn address(namespace: &str, name: &str, spec: DhcpAddressSpec) -> DhcpAddress {

@@ -16,7 +16,8 @@ pub mod patterns;
 mod time;
 
 pub use dhcp_address::{
-    ClientIdMode, ClientIdSpec, DhcpAddress, DhcpAddressSpec, DhcpOptionSpec, hostname_for_service,
+    ClientIdMode, ClientIdSpec, DhcpAddress, DhcpAddressSpec, DhcpOptionSpec, check_service_ref,
+    hostname_for_service,
 };
 pub use dhcp_address_status::{DhcpAddressStatus, LeaseRecordStatus, Phase, condition_type};
 pub use dhcpmanager_dhcp_core::{MacAddr, MacError, RESERVED_OPTION_CODES};

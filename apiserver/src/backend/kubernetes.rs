@@ -94,7 +94,7 @@ impl KubernetesBackend {
         deadline: Instant,
     ) -> Result<Allocation, BackendError> {
         let id = uuid::Uuid::new_v4().to_string();
-        let namespace = objects::namespace_for(service, &self.options.namespace).to_string();
+        let namespace = objects::namespace_for(service, &self.options.namespace)?.to_string();
         let api: Api<DhcpAddress> = Api::namespaced(self.client.clone(), &namespace);
         let address = objects::new_address(service, &id, &namespace);
         // Armed before the create: if this future is dropped at any point (the route's own

@@ -18,9 +18,6 @@ use crate::original_json::GoAllocation;
 /// before the route gives up on it regardless.
 const BACKEND_GRACE: Duration = Duration::from_millis(250);
 
-/// "name.namespace" goes out as a DNS name (option 12): at most 253 bytes.
-const MAX_SERVICE_BYTES: usize = 253;
-
 pub fn configure(config: &mut web::ServiceConfig) {
     config
         .service(resource("/healthz", &[Method::GET]).route(web::get().to(healthz)))
@@ -81,14 +78,10 @@ fn backend_status(error: &BackendError) -> StatusCode {
 }
 
 async fn obtain_ip(state: web::Data<AppState>, body: web::Json<Value>) -> HttpResponse {
-    let service = match wire::string_field(&body, "service") {
-        Ok("") => Err("\"service\" must not be empty".to_string()),
-        Ok(long) if long.len() > MAX_SERVICE_BYTES => Err(format!(
-            "\"service\" is {} bytes; at most {MAX_SERVICE_BYTES} fit a DHCP hostname",
-            long.len()
-        )),
-        other => other,
-    };
+    // The CRD's rule for every backend: option 12 is then always a DNS name, and a namespace
+    // cannot carry `/`, `?`, `#` or `..` into a Kubernetes API path.
+    let service = wire::string_field(&body, "service")
+        .and_then(|service| dhcpmanager_crds::check_service_ref(service).map(|()| service));
     let service = match service {
         Ok(service) => service,
         Err(message) => {

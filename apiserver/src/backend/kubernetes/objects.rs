@@ -7,7 +7,9 @@ use dhcpmanager_crds::{DhcpAddress, DhcpAddressSpec, Phase};
 use kube::ResourceExt;
 
 use crate::MacAddr;
-use crate::backend::{Allocation, AllocationState, InterfaceInfo, LeaseInfo, lease_cidr};
+use crate::backend::{
+    Allocation, AllocationState, BackendError, InterfaceInfo, LeaseInfo, lease_cidr,
+};
 
 /// The label that marks a DhcpAddress as created through /v1 (and so deletable through it).
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -34,12 +36,21 @@ pub fn allocation_selector(id: &str) -> String {
 }
 
 /// The namespace a new address for `service` lives in: the service's own for "ns/name",
-/// else `fallback` (the apiserver's namespace).
-pub fn namespace_for<'a>(service: &'a str, fallback: &'a str) -> &'a str {
-    match service.split_once('/') {
-        Some((namespace, _)) if !namespace.is_empty() => namespace,
-        _ => fallback,
+/// else `fallback` (the apiserver's namespace). Checked before any API call: the reference must
+/// follow the CRD's rule, and Kubernetes' own namespaces (`kube-*`) are refused, so a client of
+/// `/v1` cannot place objects there.
+pub fn namespace_for<'a>(service: &'a str, fallback: &'a str) -> Result<&'a str, BackendError> {
+    dhcpmanager_crds::check_service_ref(service).map_err(BackendError::Invalid)?;
+    let namespace = match service.split_once('/') {
+        Some((namespace, _)) => namespace,
+        None => fallback,
+    };
+    if namespace.starts_with("kube-") {
+        return Err(BackendError::Invalid(format!(
+            "namespace {namespace} is reserved for Kubernetes; addresses are not created there"
+        )));
     }
+    Ok(namespace)
 }
 
 /// A new DhcpAddress for `service` (not yet created; the API server completes its name).
@@ -211,12 +222,39 @@ pub fn allocation_of(address: &DhcpAddress) -> Allocation {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn hostile_namespaces_are_refused_before_any_api_call() {
+        for service in [
+            "?x=/y",
+            "#frag/y",
+            "../x",
+            "a/b/c",
+            "Shop/web",
+            "kube-system/pwn",
+        ] {
+            let refused = namespace_for(service, "dhcpmanager");
+            assert!(
+                matches!(refused, Err(BackendError::Invalid(_))),
+                "{service:?}: {refused:?}"
+            );
+        }
+        let Err(BackendError::Invalid(message)) = namespace_for("kube-system/pwn", "dm") else {
+            panic!("refused above");
+        };
+        assert!(message.contains("kube-system"), "{message}");
+        assert_eq!(namespace_for("shop/web", "dm"), Ok("shop"));
+    }
     use super::*;
     use dhcpmanager_crds::DhcpAddressStatus;
 
     #[test]
     fn a_namespaced_service_gets_its_own_namespace_and_labels() {
-        let address = new_address("shop/web", "id-1", namespace_for("shop/web", "dhcpmanager"));
+        let address = new_address(
+            "shop/web",
+            "id-1",
+            namespace_for("shop/web", "dhcpmanager").unwrap(),
+        );
         assert_eq!(address.metadata.namespace.as_deref(), Some("shop"));
         assert_eq!(address.metadata.generate_name.as_deref(), Some("web-"));
         assert_eq!(address.metadata.name, None);
@@ -236,7 +274,7 @@ mod tests {
 
     #[test]
     fn a_bare_service_lives_in_the_apiservers_namespace() {
-        assert_eq!(namespace_for("web", "dhcpmanager"), "dhcpmanager");
+        assert_eq!(namespace_for("web", "dhcpmanager"), Ok("dhcpmanager"));
         let address = new_address("web", "id", "dhcpmanager");
         assert!(!address.labels().contains_key(SERVICE_NAMESPACE_LABEL));
         assert_eq!(address.labels()[SERVICE_NAME_LABEL], "web");
