@@ -1,8 +1,8 @@
 //! The chart as users run it: our image (scripts/build-image.sh) imported into a real node's
 //! containerd, `helm install` of charts/dhcpmanager, the agent DaemonSet pod on a real kubelet
-//! (host network, uid 0 with NET_ADMIN + NET_RAW only, read-only root and /proc/sys), a
-//! DhcpAddress bound by Kea on the node's lab segment, a rolling restart that keeps the lease
-//! without a DISCOVER, the REST API's pod reached through its Service (kube-proxy), and
+//! (host network, uid 0 with NET_ADMIN + NET_RAW only, read-only root and /proc/sys), four
+//! DhcpAddresses bound by Kea on the node's lab segment, a rolling restart that keeps every lease
+//! (same IP and MAC, no DISCOVER), the REST API's pod reached through its Service (kube-proxy), and
 //! `helm uninstall` that releases and leaves nothing behind. A capture of the segment checks
 //! what our MACs sent.
 
@@ -25,6 +25,8 @@ const NAMESPACE: &str = "dhcpmanager";
 const RELEASE: &str = "dhcpmanager";
 const STEP: Duration = Duration::from_secs(120);
 const AGENT_SELECTOR: &str = "app.kubernetes.io/component=agent";
+/// Held through the rolling update: every one must keep its IP without a DISCOVER.
+const ADDRESSES: [&str; 4] = ["storefront", "web-1", "web-2", "web-3"];
 const SHUTDOWN_LINE: &str = "shutting down: stopping every DHCP client without releasing";
 
 fn now_ns() -> u64 {
@@ -32,6 +34,15 @@ fn now_ns() -> u64 {
         .duration_since(UNIX_EPOCH)
         .expect("after 1970")
         .as_nanos() as u64
+}
+
+/// An address as bound before the rolling update.
+struct Held {
+    name: &'static str,
+    ip: Ipv4Addr,
+    mac: String,
+    /// status.expiresAt (RFC 3339 in UTC: compares as text).
+    expires: String,
 }
 
 fn mac_bytes(mac: &str) -> [u8; 6] {
@@ -158,26 +169,47 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
         "no terminal escape codes in the pod's log:\n{logs}"
     );
 
-    // --- a DhcpAddress, bound from Kea with the right hostname -------------------------------
+    // --- DhcpAddresses, bound from Kea with the right hostnames -----------------------------
     node.kubectl(&["create", "namespace", "shop"]);
-    node.apply(
-        "apiVersion: dhcpmanager.io/v1alpha1\nkind: DhcpAddress\nmetadata:\n  name: storefront\n  namespace: shop\nspec:\n  service: shop/storefront\n",
+    for name in ADDRESSES {
+        node.apply(&format!(
+            "apiVersion: dhcpmanager.io/v1alpha1\nkind: DhcpAddress\nmetadata:\n  name: {name}\n  namespace: shop\nspec:\n  service: shop/{name}\n"
+        ));
+    }
+    node.wait_until("every address Bound", STEP, || {
+        ADDRESSES
+            .iter()
+            .all(|name| bound_ip(&address_status(&node, "shop", name)).is_some())
+    });
+    let held: Vec<Held> = ADDRESSES
+        .iter()
+        .map(|name| {
+            let status = address_status(&node, "shop", name);
+            assert_eq!(status["node"], NODE_NAME);
+            Held {
+                name,
+                ip: bound_ip(&status).unwrap(),
+                mac: status["mac"].as_str().expect("status.mac").to_string(),
+                expires: status["expiresAt"].as_str().unwrap_or_default().to_string(),
+            }
+        })
+        .collect();
+    let leases = lab.wait_for_leases(Server::Kea, "Kea records the leases", STEP, |l| {
+        held.iter().all(|h| active_lease(l, h.ip).is_some())
+    });
+    for h in &held {
+        let recorded = active_lease(&leases, h.ip).unwrap();
+        assert_eq!(recorded.mac.as_deref(), Some(h.mac.as_str()));
+        assert_eq!(
+            recorded.hostname.as_deref(),
+            Some(format!("{}.shop", h.name).as_str())
+        );
+    }
+    assert_eq!(
+        agent_links(&node).len(),
+        held.len(),
+        "one macvlan per address"
     );
-    node.wait_until("storefront Bound", STEP, || {
-        bound_ip(&address_status(&node, "shop", "storefront")).is_some()
-    });
-    let status = address_status(&node, "shop", "storefront");
-    let ip = bound_ip(&status).unwrap();
-    let mac = status["mac"].as_str().expect("status.mac").to_string();
-    assert_eq!(status["node"], NODE_NAME);
-    let leases = lab.wait_for_leases(Server::Kea, "Kea records the lease", STEP, |l| {
-        active_lease(l, ip).is_some()
-    });
-    let recorded = active_lease(&leases, ip).unwrap();
-    assert_eq!(recorded.mac.as_deref(), Some(mac.as_str()));
-    assert_eq!(recorded.hostname.as_deref(), Some("storefront.shop"));
-    assert_eq!(agent_links(&node).len(), 1, "one macvlan for the address");
-    let expires_before = status["expiresAt"].as_str().unwrap_or_default().to_string();
 
     // --- the REST API's pod through its Service, from the node (kube-proxy's DNAT) -----------
     let service = node.json(&["-n", NAMESPACE, "get", "service", RELEASE]);
@@ -235,7 +267,7 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
     });
     assert_eq!(answer["status"], "success", "{answer}");
     let api_ip: Ipv4Addr = answer["ip"].as_str().unwrap().parse().unwrap();
-    assert_ne!(api_ip, ip);
+    assert!(held.iter().all(|h| h.ip != api_ip));
     lab.wait_for_leases(Server::Kea, "Kea records the API's lease", STEP, |l| {
         active_lease(l, api_ip).is_some()
     });
@@ -250,7 +282,7 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
     let answer: Value = serde_json::from_slice(&delete.stdout).expect("DELETE answer");
     assert_eq!(answer["status"], "success", "{answer}");
     node.wait_until("the API's address released", STEP, || {
-        agent_links(&node).len() == 1
+        agent_links(&node).len() == held.len()
     });
 
     // --- a rolling update of the DaemonSet: the lease is kept, no DISCOVER ------------------
@@ -281,14 +313,22 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
         old.contains(SHUTDOWN_LINE),
         "the old agent stopped on SIGTERM without releasing; its log:\n{old}"
     );
-    node.wait_until("storefront resumed (lease extended, same IP)", STEP, || {
-        let status = address_status(&node, "shop", "storefront");
-        bound_ip(&status) == Some(ip)
-            && status["expiresAt"].as_str().unwrap_or_default() > expires_before.as_str()
-    });
-    let status = address_status(&node, "shop", "storefront");
-    assert_eq!(status["mac"].as_str(), Some(mac.as_str()), "same MAC");
-    assert_eq!(agent_links(&node).len(), 1);
+    node.wait_until(
+        "every address resumed (lease extended, same IP)",
+        STEP,
+        || {
+            held.iter().all(|h| {
+                let status = address_status(&node, "shop", h.name);
+                bound_ip(&status) == Some(h.ip)
+                    && status["expiresAt"].as_str().unwrap_or_default() > h.expires.as_str()
+            })
+        },
+    );
+    for h in &held {
+        let status = address_status(&node, "shop", h.name);
+        assert_eq!(status["mac"].as_str(), Some(h.mac.as_str()), "same MAC");
+    }
+    assert_eq!(agent_links(&node).len(), held.len());
 
     // --- uninstall as the chart's README says: addresses first, then the release, the CRDs --
     node.kubectl(&["delete", "dhcpaddresses", "--all", "-A", "--timeout=120s"]);
@@ -313,7 +353,7 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
 
     let leases = lab.leases(Server::Kea).expect("Kea's leases");
     assert!(
-        active_lease(&leases, ip).is_none(),
+        held.iter().all(|h| active_lease(&leases, h.ip).is_none()),
         "released at the server: {leases:#?}"
     );
     assert_eq!(agent_links(&node), Vec::<String>::new(), "no macvlan left");
@@ -331,43 +371,48 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
         .collect();
     assert_eq!(left, Vec::<&str>::new(), "nothing left in the namespace");
 
-    // --- what went over the wire -------------------------------------------------------------
-    let ours = mac_bytes(&mac);
+    // --- what went over the wire, per address ------------------------------------------------
     let frames = pcap::read(&file).expect("the capture");
-    let from_us: Vec<_> = frames.iter().filter(|f| f.dhcp.chaddr == ours).collect();
-    let discovers = |after: u64| {
-        from_us
+    let link_frames = pcap::read_ethernet(&file).expect("the capture");
+    for h in &held {
+        let ours = mac_bytes(&h.mac);
+        let from_us: Vec<_> = frames.iter().filter(|f| f.dhcp.chaddr == ours).collect();
+        let count = |after: u64, kind: MessageType| {
+            from_us
+                .iter()
+                .filter(|f| f.time_ns > after && f.message_type() == Some(kind))
+                .count()
+        };
+        assert_eq!(
+            count(restart_ns, MessageType::Discover),
+            0,
+            "{}: no DISCOVER after the restart: {from_us:#?}",
+            h.name
+        );
+        assert!(
+            count(0, MessageType::Discover) >= 1,
+            "{}: first bind",
+            h.name
+        );
+        assert!(
+            count(restart_ns, MessageType::Request) >= 1,
+            "{}: the new agent re-requested the lease",
+            h.name
+        );
+        assert!(
+            count(0, MessageType::Release) >= 1,
+            "{}: DHCPRELEASE on delete",
+            h.name
+        );
+        let ipv6 = link_frames
             .iter()
-            .filter(|f| f.time_ns > after && f.message_type() == Some(MessageType::Discover))
-            .count()
-    };
-    assert_eq!(
-        discovers(restart_ns),
-        0,
-        "no DISCOVER after the restart: {from_us:#?}"
-    );
-    assert!(discovers(0) >= 1, "the first bind began with a DISCOVER");
-    assert!(
-        from_us
-            .iter()
-            .any(|f| f.time_ns > restart_ns && f.message_type() == Some(MessageType::Request)),
-        "the new agent re-requested the lease"
-    );
-    assert!(
-        from_us
-            .iter()
-            .any(|f| f.message_type() == Some(MessageType::Release)),
-        "DHCPRELEASE on delete"
-    );
-    let ipv6: Vec<_> = pcap::read_ethernet(&file)
-        .expect("the capture")
-        .into_iter()
-        .filter(|f| f.ethertype == pcap::ETHERTYPE_IPV6 && f.src_mac == Some(ours))
-        .collect();
-    assert!(
-        ipv6.is_empty(),
-        "no IPv6 from the address's MAC ({} frames, e.g. router solicitations or DAD)",
-        ipv6.len()
-    );
+            .filter(|f| f.ethertype == pcap::ETHERTYPE_IPV6 && f.src_mac == Some(ours))
+            .count();
+        assert_eq!(
+            ipv6, 0,
+            "{}: no IPv6 from the address's MAC (router solicitations, DAD)",
+            h.name
+        );
+    }
     node.stop();
 }
