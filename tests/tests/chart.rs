@@ -236,6 +236,25 @@ fn default_values_render_least_privilege_agent_and_guarded_api() {
     let agent = find(&docs, "DaemonSet", "dhcpmanager-agent");
     let pod = &agent["spec"]["template"]["spec"];
     assert_eq!(pod["hostNetwork"], true);
+    // DhcpAddresses may not pick their own interface, MAC or client id unless the admin says so.
+    assert!(
+        !pod["containers"][0]["args"]
+            .to_string()
+            .contains("--allow-custom-identity"),
+        "{}",
+        pod["containers"][0]["args"]
+    );
+    let allowed = objects(&render(
+        "dhcpmanager",
+        "metallb-system",
+        &["--set", "agent.allowCustomIdentity=true"],
+    ));
+    let allowed = find(&allowed, "DaemonSet", "dhcpmanager-agent");
+    assert!(
+        allowed["spec"]["template"]["spec"]["containers"][0]["args"]
+            .to_string()
+            .contains("--allow-custom-identity")
+    );
     assert_eq!(pod["serviceAccountName"], "dhcpmanager-agent");
     assert_eq!(pod["enableServiceLinks"], false);
     assert_eq!(

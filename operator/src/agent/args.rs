@@ -32,6 +32,11 @@ pub struct AgentArgs {
     /// The MacPool used when a DhcpAddress names none; created from the configuration's `macs`.
     #[arg(long, default_value = "default")]
     pub default_pool: String,
+    /// Let DhcpAddresses name their own parent interface, fixed MAC or custom client id. Off by
+    /// default: those fields pick a host interface and a DHCP identity (another host's MAC or
+    /// client id claims, and a release gives away, that host's lease).
+    #[arg(long, env = "DHCP_ALLOW_CUSTOM_IDENTITY")]
+    pub allow_custom_identity: bool,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:9342")]
     pub metrics_addr: SocketAddr,

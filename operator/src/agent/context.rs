@@ -22,6 +22,8 @@ pub struct Settings {
     pub interface: String,
     pub assign_interfaces: bool,
     pub default_pool: String,
+    /// Whether `spec.interface`, `spec.mac` and a custom `spec.clientId` are honoured.
+    pub allow_custom_identity: bool,
     pub renew_interval: Duration,
     pub takeover_check: Duration,
     pub resync: Duration,

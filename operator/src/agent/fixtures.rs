@@ -207,6 +207,7 @@ pub fn test_context() -> (Arc<Context>, ApiServerVerifier) {
         interface: ABSENT_PARENT.into(),
         assign_interfaces: false,
         default_pool: POOL.into(),
+        allow_custom_identity: false,
         renew_interval: RENEW_INTERVAL,
         takeover_check: TAKEOVER_CHECK,
         resync: RESYNC,

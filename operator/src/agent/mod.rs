@@ -68,6 +68,7 @@ pub async fn run(args: AgentArgs, config: dhcpmanager_engine::config::Config) ->
             .unwrap_or_else(|| config.interface.clone()),
         assign_interfaces: args.assign_interfaces.unwrap_or(config.assign_interfaces),
         default_pool: args.default_pool.clone(),
+        allow_custom_identity: args.allow_custom_identity,
         renew_interval: args.renew_interval,
         takeover_check: args.takeover_grace.max(Duration::from_secs(1)),
         resync: args.resync,

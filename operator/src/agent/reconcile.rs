@@ -66,8 +66,47 @@ pub async fn reconcile(address: Arc<DhcpAddress>, ctx: Arc<Context>) -> Result<A
     if let Some(wait) = ownership_gate(&address, &target, &ctx).await? {
         return Ok(wait);
     }
+    if !ctx.settings.allow_custom_identity
+        && let Err(problem) = custom_identity(&address.spec)
+    {
+        return Err(Error::InvalidAddress {
+            address: target.key,
+            problem,
+        });
+    }
     let (mac, pool) = resolve_mac(&address, &target.status, &target.key, &ctx).await?;
     start(&address, target, mac, pool.as_ref(), &ctx).await
+}
+
+/// The spec fields that choose a host interface or a DHCP identity, which only a cluster admin
+/// may allow (`--allow-custom-identity`, chart `agent.allowCustomIdentity`): whoever may create
+/// DhcpAddresses could otherwise transmit on any host interface, or claim (and release) another
+/// host's lease with its MAC or client id.
+pub fn custom_identity(spec: &dhcpmanager_crds::DhcpAddressSpec) -> Result<(), String> {
+    let mut named = Vec::new();
+    if spec.interface.as_deref().is_some_and(|i| !i.is_empty()) {
+        named.push("spec.interface");
+    }
+    if spec.mac.is_some() {
+        named.push("spec.mac");
+    }
+    if spec
+        .client_id
+        .as_ref()
+        .is_some_and(|id| id.mode == SpecClientIdMode::Custom)
+    {
+        named.push("spec.clientId (mode Custom)");
+    }
+    if named.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "{} not allowed on this cluster: they choose a host interface or another host's DHCP \
+         identity. A cluster admin allows them with the agent's --allow-custom-identity (chart \
+         value agent.allowCustomIdentity=true); otherwise leave them out (the MAC then comes from \
+         a MacPool)",
+        named.join(", ")
+    ))
 }
 
 /// Phase 1: a deleted object is released; a live one without our finalizer gets it (and the

@@ -319,3 +319,62 @@ async fn a_missing_pool_is_retried_since_creating_it_changes_no_address() {
     assert_eq!(action, Action::requeue(Duration::from_secs(5)));
     assert_eq!(missing.metric_label(), "invalid_address");
 }
+
+#[tokio::test]
+async fn a_custom_identity_is_refused_unless_the_admin_allows_it() {
+    let (ctx, verifier) = test_context();
+    holding(&ctx);
+    // Refused before anything is read or written: no MacPool lookup, no link.
+    let server = verifier.run(Scenario::NoRequests);
+    let mut address = address().finalized().owned_by(ME);
+    address.spec.interface = Some("eth9".into());
+    address.spec.mac = Some("02:aa:00:00:00:09".into());
+    address.spec.client_id = Some(dhcpmanager_crds::ClientIdSpec {
+        mode: dhcpmanager_crds::ClientIdMode::Custom,
+        value: Some("01aabbccddeeff".into()),
+    });
+    let result = bounded(reconcile(Arc::new(address), ctx.clone())).await;
+    finish(ctx, server).await;
+    let problem = match result {
+        Err(Error::InvalidAddress { problem, .. }) => problem,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    for named in [
+        "spec.interface",
+        "spec.mac",
+        "spec.clientId",
+        "agent.allowCustomIdentity",
+    ] {
+        assert!(problem.contains(named), "{named}: {problem}");
+    }
+}
+
+#[test]
+fn only_interface_mac_and_custom_client_id_are_custom_identity() {
+    use super::reconcile::custom_identity;
+    use dhcpmanager_crds::{ClientIdMode, ClientIdSpec, DhcpAddressSpec};
+    let plain = DhcpAddressSpec {
+        service: Some("shop/web".into()),
+        hostname: Some("web".into()),
+        client_id: Some(ClientIdSpec {
+            mode: ClientIdMode::Mac,
+            value: None,
+        }),
+        ..Default::default()
+    };
+    assert_eq!(custom_identity(&plain), Ok(()));
+    let empty_interface = DhcpAddressSpec {
+        interface: Some(String::new()),
+        ..Default::default()
+    };
+    assert_eq!(custom_identity(&empty_interface), Ok(()));
+    let mac = DhcpAddressSpec {
+        mac: Some("02:aa:00:00:00:01".into()),
+        ..Default::default()
+    };
+    assert!(
+        custom_identity(&mac)
+            .unwrap_err()
+            .starts_with("spec.mac not allowed")
+    );
+}
