@@ -227,3 +227,96 @@ fn the_requested_ip_is_honoured_and_a_new_ip_after_the_server_forgot_follows_to_
     }
     assert!(told(&events), "Events of shop/web: {events:#?}");
 }
+
+/// Whether a client in `netns` gets an answer from `ip` (a TCP RST from a closed port: curl's
+/// exit code 7 at once; no answer would be a timeout, 28).
+fn answers(netns: &str, ip: Ipv4Addr) -> bool {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "curl",
+            "-sS",
+            "--connect-timeout",
+            "0.5",
+        ])
+        .arg(format!("http://{ip}:9/"))
+        .output()
+        .is_ok_and(|out| out.status.code() == Some(7))
+}
+
+#[test]
+fn when_the_owning_node_is_lost_the_other_takes_the_service_address_over_and_announces_it() {
+    let mut cluster = cluster_with_service_controller(Server::Kea, ServerOpts::default());
+    let node_b = cluster.lab.add_node(2).unwrap();
+    let agent = AgentOpts {
+        extra: vec!["--service-controller".into()],
+        ..AgentOpts::default()
+    };
+    let b = cluster.start_agent("node-b", &node_b, &agent);
+    cluster.apply(&service_yaml("web", Some(CLASS), &[]));
+    cluster.wait_for("the ingress IP", STEP, |c| ingress(c, "web").len() == 1);
+    let ip: Ipv4Addr = ingress(&cluster, "web")[0].parse().unwrap();
+    let da = address(&cluster, "web").unwrap();
+    let owner = da["status"]["node"].as_str().unwrap().to_string();
+    let mac: dhcpmanager_engine::dhcp::MacAddr =
+        da["status"]["mac"].as_str().unwrap().parse().unwrap();
+    let client = cluster.lab.server_ns(dhcpmanager_tests::lab::SERVER_ADDR_1);
+    cluster.wait_for("the address answers the client", STEP, |_| {
+        answers(&client, ip)
+    });
+
+    let capture = dhcpmanager_tests::arp_capture::ArpCapture::start(
+        &client,
+        "lan",
+        9,
+        cluster.lab.dir().join("failover-client.pcap"),
+    );
+    // The owning node is lost: its agent killed, its link to the segment down.
+    let (victim, victim_ns) = if owner == "node-a" {
+        (0, cluster.lab.agent_ns())
+    } else {
+        (b, node_b.clone())
+    };
+    cluster.signal_agent(victim, libc::SIGKILL);
+    let down = Command::new("ip")
+        .args(["-n", &victim_ns, "link", "set", "lab0", "down"])
+        .status()
+        .unwrap();
+    assert!(down.success());
+    cluster.wait_for("the other agent owns the address, Bound", STEP, |c| {
+        address(c, "web").is_some_and(|da| {
+            da["status"]["node"].as_str().is_some_and(|n| n != owner)
+                && da["status"]["phase"] == "Bound"
+        })
+    });
+    cluster.wait_for("the address answers the client again", STEP, |_| {
+        answers(&client, ip)
+    });
+    let da = address(&cluster, "web").unwrap();
+    assert_eq!(da["status"]["ip"], ip.to_string(), "same IP");
+    assert_eq!(da["status"]["mac"], mac.to_string(), "same MAC");
+    assert_eq!(
+        ingress(&cluster, "web"),
+        [ip.to_string()],
+        "the ingress unchanged"
+    );
+    assert!(
+        !service_events(&cluster, "web")
+            .iter()
+            .any(|(_, r, _)| r == "IpChanged" || r == "AddressLost"),
+        "{:?}",
+        service_events(&cluster, "web")
+    );
+    let seen = dhcpmanager_tests::arp_capture::announced(&capture.stop(), ip);
+    assert!(
+        !seen.gratuitous_from.is_empty(),
+        "the new owner announced {ip}: {seen:02x?}"
+    );
+    assert!(seen.gratuitous_from.iter().all(|m| *m == mac.octets()));
+    assert!(
+        seen.answered_by.iter().all(|m| *m == mac.octets()),
+        "{seen:02x?}"
+    );
+}
