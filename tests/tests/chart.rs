@@ -1229,6 +1229,53 @@ fn service_example_applies_server_side() {
     assert!(notes.contains("examples/service-dhcpaddress.yaml"));
 }
 
+/// The Service controller's example: accepted by the API server, and its annotations are the
+/// documented ones, read by the controller without complaint.
+#[test]
+fn load_balancer_example_applies_and_its_annotations_are_understood() {
+    let cp = ControlPlane::shared();
+    let namespace = cp.create_namespace("chart-lb-example").unwrap();
+    let example =
+        std::fs::read_to_string(repo_root().join("examples/service-loadbalancer.yaml")).unwrap();
+    let renamed = example.replace("namespace: shop", &format!("namespace: {namespace}"));
+    let out = apply_server_side(cp, &renamed);
+    assert!(
+        out.contains("service/storefront serverside-applied"),
+        "{out}"
+    );
+    let stored: k8s_openapi::api::core::v1::Service = serde_json::from_str(
+        &String::from_utf8(
+            run(
+                &mut kubectl(
+                    &cp.kubeconfig_path(),
+                    &[
+                        "-n",
+                        &namespace,
+                        "get",
+                        "service",
+                        "storefront",
+                        "-o",
+                        "json",
+                    ],
+                ),
+                None,
+            )
+            .stdout,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    use dhcpmanager_operator::service::desired;
+    assert_eq!(desired::classify(&stored, false), desired::Verdict::Serve);
+    let address = desired::desired_address(&stored).expect("the example's annotations parse");
+    assert_eq!(address.spec.mac_pool_ref.as_deref(), Some("default"));
+    assert_eq!(
+        address.spec.requested_ip,
+        Some(std::net::Ipv4Addr::new(192, 168, 1, 80))
+    );
+    assert_eq!(address.hostname(), format!("storefront.{namespace}"));
+}
+
 /// The path users take: `helm install` (CRDs from crds/ first), `helm upgrade` with new values,
 /// Standard base64 (as Kubernetes writes Secret data), for the tests' own reading.
 fn base64_decode(text: &str) -> Vec<u8> {
