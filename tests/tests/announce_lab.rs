@@ -216,3 +216,59 @@ fn only_the_lease_mac_answers_arp_and_carries_the_replies() {
     drop(runtime);
     lab.down().unwrap();
 }
+
+/// A killed process cannot withdraw its `from` rules (their tables go with the links): the
+/// orphan sweep removes ours whose link is gone, and nothing else.
+#[test]
+fn the_orphan_sweep_removes_announcement_rules_of_links_that_are_gone_and_nothing_else() {
+    use dhcpmanager_engine::net::announce::{RULE_PRIORITY, TABLE_BASE};
+    let lab = Lab::up().unwrap();
+    let node = lab.agent_ns();
+    let ifindex_of = |iface: &str| -> u32 {
+        let out = run(&["ip", "-n", &node, "-o", "link", "show", iface]);
+        out.split(':').next().unwrap().trim().parse().unwrap()
+    };
+    let live_table = TABLE_BASE | ifindex_of(lab.parent());
+    let gone_table = TABLE_BASE | 0xfff0;
+    let priority = RULE_PRIORITY.to_string();
+    for (from, table, priority) in [
+        ("10.77.0.99", gone_table.to_string(), priority.as_str()),
+        ("10.77.0.98", live_table.to_string(), priority.as_str()),
+        // Not ours: another table, or another priority.
+        ("10.77.0.97", "100".to_string(), priority.as_str()),
+        ("10.77.0.96", gone_table.to_string(), "1001"),
+    ] {
+        run(&[
+            "ip", "-n", &node, "rule", "add", "from", from, "lookup", &table, "priority", priority,
+        ]);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let manager = LeaseManager::new(
+            dhcpmanager_engine::instance::InstanceId::derived("test", "sweep"),
+            ManagerConfig {
+                netns: NetNs::open(Path::new(&format!("/run/netns/{node}"))).unwrap(),
+                ..ManagerConfig::default()
+            },
+            Arc::new(|_, _| {}),
+        )
+        .unwrap();
+        manager.remove_orphan_links(|_| false).await.unwrap();
+    });
+    let rules = run(&["ip", "-n", &node, "rule", "show"]);
+    assert!(
+        !rules.contains("from 10.77.0.99 "),
+        "the stale rule went: {rules}"
+    );
+    for kept in ["10.77.0.98", "10.77.0.97", "10.77.0.96"] {
+        assert!(
+            rules.contains(&format!("from {kept} ")),
+            "{kept} kept: {rules}"
+        );
+    }
+    drop(runtime);
+    lab.down().unwrap();
+}

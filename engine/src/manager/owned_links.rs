@@ -232,6 +232,14 @@ impl OwnedLinks {
             removed += 1;
         }
         self.inner.links.delete_retired().await?;
+        match crate::net::announce::remove_stale_rules(&self.inner.links).await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                rules = n,
+                "removed announcement rules of links that are gone"
+            ),
+            Err(error) => warn!(%error, "removing stale announcement rules failed"),
+        }
         Ok(removed)
     }
 

@@ -30,7 +30,7 @@ use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::link::{AfSpecInet, AfSpecUnspec, InetDevConf, LinkAttribute};
 use netlink_packet_route::route::RouteScope;
-use netlink_packet_route::rule::RuleAction;
+use netlink_packet_route::rule::{RuleAction, RuleAttribute};
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 
 use super::links::{LinkError, Links};
@@ -205,6 +205,50 @@ pub async fn withdraw(links: &Links, announcement: &Announcement) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// Deletes our `from` rules (priority [`RULE_PRIORITY`], a table of ours) whose macvlan no
+/// longer exists: left behind by a process killed before it could withdraw them (their tables
+/// went with the links). A rule whose link exists is kept, whoever owns the link, so several
+/// managers on one host never take each other's. Returns how many went.
+pub async fn remove_stale_rules(links: &Links) -> Result<usize, LinkError> {
+    let handle = links.handle();
+    let mut existing = std::collections::HashSet::new();
+    let mut dump = handle.link().get().execute();
+    while let Some(link) = timed_value("listing links".into(), dump.try_next()).await? {
+        existing.insert(link.header.index & 0xffff);
+    }
+    let mut stale = Vec::new();
+    let mut rules = handle.rule().get(rtnetlink::IpVersion::V4).execute();
+    while let Some(rule) = timed_value("listing rules".into(), rules.try_next()).await? {
+        let priority = rule.attributes.iter().find_map(|a| match a {
+            RuleAttribute::Priority(p) => Some(*p),
+            _ => None,
+        });
+        let table = rule.attributes.iter().find_map(|a| match a {
+            RuleAttribute::Table(t) => Some(*t),
+            _ => None,
+        });
+        if let (Some(RULE_PRIORITY), Some(table)) = (priority, table)
+            && table & !0xffff == TABLE_BASE
+            && !existing.contains(&(table & 0xffff))
+        {
+            stale.push(rule);
+        }
+    }
+    let count = stale.len();
+    for rule in stale {
+        match handle.rule().del(rule).execute().await {
+            Err(e) if !matches!(errno_of(&e), Some(libc::ENOENT)) => {
+                return Err(LinkError::Netlink {
+                    action: "removing a stale announcement rule".into(),
+                    source: e,
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(count)
 }
 
 fn rule_request(links: &Links, announcement: &Announcement) -> rtnetlink::RuleAddRequest<Ipv4Addr> {
