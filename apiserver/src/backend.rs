@@ -69,6 +69,9 @@ pub struct Allocation {
     pub interface: InterfaceInfo,
     pub state: AllocationState,
     pub lease: Option<LeaseInfo>,
+    /// Handed out durably, but not known to have reached its requester: a crash came between
+    /// the write and the answer (standalone; docs/apiserver.md). Renewed like any other.
+    pub unconfirmed: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

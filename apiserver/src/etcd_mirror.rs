@@ -270,6 +270,7 @@ mod tests {
                 rebind_at: now,
                 expires_at: now + chrono::Duration::seconds(expires_in),
             }),
+            unconfirmed: false,
         }
     }
 

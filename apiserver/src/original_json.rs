@@ -17,6 +17,10 @@ pub struct GoAllocation {
     pub lease: Option<GoLease>,
     pub hostname: String,
     pub state: u8,
+    /// Not in the original: present (true) only for an allocation whose answer may not have
+    /// reached its requester (see docs/apiserver.md); absent otherwise, so the shape is unchanged.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unconfirmed: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,6 +75,7 @@ impl From<&Allocation> for GoAllocation {
             },
             hostname: allocation.hostname.clone(),
             state: go_state(allocation.state),
+            unconfirmed: allocation.unconfirmed,
         }
     }
 }
@@ -187,6 +192,7 @@ mod tests {
                 rebind_at: at + chrono::Duration::seconds(3150),
                 expires_at: at + chrono::Duration::seconds(3600),
             }),
+            unconfirmed: false,
         };
         let json = serde_json::to_string(&GoAllocation::from(&allocation)).unwrap();
         assert_eq!(

@@ -948,3 +948,82 @@ fn readyz_fails_while_the_parent_interface_is_missing() {
     });
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// What a crash between the confirming write and the answer leaves (docs/apiserver.md): the
+/// allocation is held and renewed with its IP (its requester may be announcing it), and shown as
+/// unconfirmed on /v1/status and /metrics until someone DELETEs it. An answered POST is recorded
+/// as answered.
+#[test]
+fn an_allocation_a_crash_left_unanswered_is_held_and_shown_unconfirmed() {
+    let lab = Lab::up().expect("lab up");
+    start_server(&lab, Server::Kea);
+    let dir = state_dir("unconfirmed");
+    let macs = pool(2);
+
+    let bound = lifetime(&lab, |rt| {
+        rt.block_on(async {
+            let backend = open(options(&lab, &dir, macs.clone())).await;
+            let bound = backend.allocate("default/web", deadline()).await.unwrap();
+            // The answered mark is written in the background, after the answer.
+            let id = bound.id.clone();
+            wait_until(|| {
+                Store::peek(&dir)
+                    .unwrap()
+                    .allocations
+                    .iter()
+                    .any(|a| a.id == id && a.answered)
+            })
+            .await;
+            let status = backend.status().await.unwrap();
+            assert!(!status.allocations[0].unconfirmed, "{status:?}");
+            bound
+        })
+    });
+    let ip = bound.ip.unwrap();
+    // As a crash after the confirming write and before the answer leaves it.
+    let (store, loaded) = Store::open(&dir).unwrap();
+    let mut unanswered = loaded.allocations[0].clone();
+    assert_eq!(unanswered.phase, Phase::Confirmed);
+    unanswered.answered = false;
+    store.save_allocation(&unanswered).unwrap();
+    drop(store);
+
+    lifetime(&lab, |rt| {
+        rt.block_on(async {
+            let backend = open(options(&lab, &dir, macs.clone())).await;
+            let status = backend.status().await.unwrap();
+            assert_eq!(status.allocations.len(), 1, "{status:?}");
+            let held = &status.allocations[0];
+            assert_eq!((held.ip, held.unconfirmed), (Some(ip), true));
+            assert_eq!(backend.manager().keys(), vec![bound.id.clone()], "renewed");
+
+            let (http, address) =
+                http::bind(common::test_config(), backend.clone()).expect("binds");
+            let handle = http.handle();
+            tokio::spawn(http);
+            let answer = common::get(address, "/v1/status").await;
+            let json = answer.assert_compact_json();
+            assert_eq!(json["Allocations"][0]["Unconfirmed"], true, "{json}");
+            let text = common::get(address, "/metrics").await.body;
+            assert_eq!(
+                metric(&text, "dhcpmanager_apiserver_unconfirmed_allocations"),
+                1.0
+            );
+            // The operator's way out once no Service uses it.
+            let body = format!("{{\"ip\":\"{ip}\"}}\n");
+            let answer = common::json_request(address, "DELETE", "/v1/ip", &body).await;
+            assert_eq!(answer.assert_compact_json()["status"], "success");
+            let text = common::get(address, "/metrics").await.body;
+            assert_eq!(
+                metric(&text, "dhcpmanager_apiserver_unconfirmed_allocations"),
+                0.0
+            );
+            handle.stop(true).await;
+            settle(&backend).await;
+        })
+    });
+    lab.wait_for_leases(Server::Kea, "released", POLL_LIMIT, |l| {
+        active_lease(l, ip).is_none()
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+}

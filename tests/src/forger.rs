@@ -56,7 +56,11 @@ impl ForgedServer {
                 {
                     continue;
                 }
-                for reply in script(&request) {
+                for (n, reply) in script(&request).into_iter().enumerate() {
+                    // Paced like a server answering several clients, not a single burst.
+                    if n > 0 {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                     let bytes = reply.to_vec().expect("a crafted reply encodes");
                     let to = SocketAddrV4::new(Ipv4Addr::BROADCAST, 68);
                     // Counted before it is on the wire, so a test that saw the client react

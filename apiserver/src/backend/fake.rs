@@ -102,6 +102,7 @@ impl FakeBackend {
             },
             state: AllocationState::Pending,
             lease: None,
+            unconfirmed: false,
         };
         state.allocations.push(allocation.clone());
         Ok(allocation)

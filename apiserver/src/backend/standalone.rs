@@ -214,6 +214,13 @@ impl StandaloneBackend {
             _lock: lock,
         });
         core.recover(plan).await;
+        let unconfirmed = core.shared.book().unconfirmed();
+        if unconfirmed > 0 {
+            warn!(
+                unconfirmed,
+                "allocations handed out just before a crash may never have reached their requester: kept and renewed (a client may announce them); /v1/status marks them \"Unconfirmed\": DELETE those no Service uses"
+            );
+        }
         let pool = core.shared.book().pool().clone();
         if let Err(problem) = written(core.shared.writer.save_pool(pool)).await {
             error!(%problem, "cannot save the MAC pool");
@@ -481,6 +488,15 @@ impl Core {
                 if answer.send(Ok(allocation)).is_err() {
                     info!(%id, "the requester left before the answer: withdrawing the address");
                     self.withdraw(&id, true).await;
+                } else {
+                    // The handler has the answer: record that, in the background (the answer
+                    // must not wait for a second write). A crash before this write lands leaves
+                    // the allocation held and shown as unconfirmed.
+                    let answered = self.shared.book().mark_answered(&id);
+                    if let Some(stored) = answered {
+                        self.shared.writer.save_in_background(stored);
+                    }
+                    self.shared.notify();
                 }
             }
             (outcome, _) => {

@@ -34,6 +34,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     allocation_seconds: Family<OutcomeLabels, Histogram>,
+    unconfirmed: prometheus_client::metrics::gauge::Gauge,
     engine: Option<std::sync::Arc<EngineMetrics>>,
 }
 
@@ -104,6 +105,12 @@ impl Metrics {
             allocation_histogram as fn() -> Histogram,
         );
         api.register("http_requests", "HTTP requests answered", requests.clone());
+        let unconfirmed = prometheus_client::metrics::gauge::Gauge::default();
+        api.register(
+            "unconfirmed_allocations",
+            "Allocations held and renewed whose answer may not have reached the requester (a crash between write and answer); DELETE those no client uses",
+            unconfirmed.clone(),
+        );
         api.register(
             "allocation_duration_seconds",
             "Time POST /v1/ip took to bind an address (or give up), by outcome",
@@ -126,8 +133,15 @@ impl Metrics {
             registry,
             requests,
             allocation_seconds,
+            unconfirmed,
             engine,
         }
+    }
+
+    /// How many allocations `/v1/status` shows as unconfirmed now.
+    pub fn set_unconfirmed(&self, count: usize) {
+        self.unconfirmed
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     pub fn observe_allocation(&self, outcome: &str, took: Duration) {

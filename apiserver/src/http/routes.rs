@@ -334,6 +334,14 @@ async fn readyz(request: HttpRequest, state: web::Data<AppState>) -> HttpRespons
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    if let Ok(snapshot) = state.backend.status().await {
+        let unconfirmed = snapshot
+            .allocations
+            .iter()
+            .filter(|a| a.unconfirmed)
+            .count();
+        state.metrics.set_unconfirmed(unconfirmed);
+    }
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(state.metrics.encode())

@@ -59,6 +59,9 @@ pub struct Client {
     expired_on_resume: Option<Ipv4Addr>,
     failures: u32,
     consecutive_naks: u32,
+    /// INIT-REBOOT: a NAK from a server other than the lease's, held back (server, message).
+    /// It takes effect only if nobody confirms the lease before the next retransmission.
+    deferred_nak: Option<(Ipv4Addr, Option<String>)>,
 }
 
 impl Client {
@@ -82,6 +85,7 @@ impl Client {
             expired_on_resume: None,
             failures: 0,
             consecutive_naks: 0,
+            deferred_nak: None,
         }
     }
 
@@ -162,7 +166,11 @@ impl Client {
             }
             State::Rebooting => {
                 self.failures += 1;
-                if self.sends >= self.cfg.timing.init_reboot_attempts {
+                if let Some((server, message)) = self.deferred_nak.take() {
+                    // The lease's server stayed silent for a whole retransmission interval
+                    // after another server NAKed: the network (or its server) changed.
+                    self.drop_lease(now, server, message, &mut actions);
+                } else if self.sends >= self.cfg.timing.init_reboot_attempts {
                     if let Some(record) = &self.record {
                         let ip = record.ip;
                         actions.push(Action::Event(ClientEvent::GaveUp { ip }));
@@ -194,8 +202,9 @@ impl Client {
         // Who may answer and for what (RFC 2131 4.3.2, 4.4.5; reasoning in docs/engine.md):
         // REQUESTING and RENEWING talk to one server, which alone may ACK or NAK. REBINDING asks
         // every server, so any may, naming itself. INIT-REBOOT asks every server too: any may
-        // confirm the address, but only the lease's own server may take it away, because a NAK
-        // changes the address a client is announcing and a forger sees every broadcast xid.
+        // confirm the address, the lease's own server may take it away at once, and another
+        // server's NAK only counts if nobody confirms the lease before the next retransmission:
+        // a NAK changes the address a client is announcing, and a forger sees every broadcast.
         let record = self.record.as_ref();
         let (ack_from, nak_from, address) = match self.state {
             State::Requesting => {
@@ -206,7 +215,7 @@ impl Client {
                 let server = record.map(|r| r.server_id);
                 (server, server, record.map(|r| r.ip))
             }
-            State::Rebooting => (None, record.map(|r| r.server_id), record.map(|r| r.ip)),
+            State::Rebooting => (None, None, record.map(|r| r.ip)),
             _ => (None, None, record.map(|r| r.ip)),
         };
         let expect = Expectation {
@@ -236,6 +245,19 @@ impl Client {
                     why,
                 })];
             }
+        }
+        if reply.kind == ReplyKind::Nak
+            && self.state == State::Rebooting
+            && let Some(expected) = record.map(|r| r.server_id)
+            && reply.server_id != Some(expected)
+        {
+            self.deferred_nak = reply
+                .server_id
+                .map(|server| (server, reply.message.clone()));
+            return vec![rejected(RejectReason::WrongServer {
+                expected,
+                got: reply.server_id,
+            })];
         }
         let mut actions = Vec::new();
         match reply.kind {
@@ -339,14 +361,27 @@ impl Client {
         meta: ReplyMeta,
         actions: &mut Vec<Action>,
     ) {
+        let server = reply.server_id.unwrap_or(meta.src_ip);
+        self.drop_lease(now, server, reply.message.clone(), actions);
+    }
+
+    /// A NAK that counts: the lease is gone, start over after a short random delay.
+    fn drop_lease(
+        &mut self,
+        now: DateTime<Utc>,
+        server: Ipv4Addr,
+        message: Option<String>,
+        actions: &mut Vec<Action>,
+    ) {
+        self.deferred_nak = None;
         let state = self.state;
         if let Some(record) = self.record.take() {
             self.last_ip = Some(record.ip);
             actions.push(Action::ClearRecord);
         }
         actions.push(Action::Event(ClientEvent::Nak {
-            server: reply.server_id.unwrap_or(meta.src_ip),
-            message: reply.message.clone(),
+            server,
+            message,
             state,
         }));
         self.failures += 1;
@@ -392,6 +427,7 @@ impl Client {
         }
         self.failures = 0;
         self.consecutive_naks = 0;
+        self.deferred_nak = None;
         self.offer = None;
         self.last_ip = Some(record.ip);
         self.record = Some(record);

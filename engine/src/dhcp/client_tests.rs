@@ -1294,8 +1294,8 @@ fn requesting_takes_an_ack_only_for_the_offered_address() {
 
 #[test]
 fn a_nak_counts_only_from_the_server_in_charge() {
-    // REQUESTING: the selected server; RENEWING and INIT-REBOOT: the lease's server.
-    for state in [State::Requesting, State::Renewing, State::Rebooting] {
+    // REQUESTING: the selected server; RENEWING: the lease's server.
+    for state in [State::Requesting, State::Renewing] {
         let (mut client, request, now, _) = exchanging_in(state);
         let nak = || ReplyBuilder::to(&request, MessageType::Nak);
         let foreign = nak().option(DhcpOption::ServerIdentifier(OTHER_SERVER));
@@ -1312,6 +1312,47 @@ fn a_nak_counts_only_from_the_server_in_charge() {
         let actions = client.on_reply(now, &nak().bytes(), meta());
         assert_eq!(client.state(), State::Init, "{state}: {actions:#?}");
     }
+    // INIT-REBOOT: another server's NAK is held back; an ACK before the next retransmission
+    // wins (a forger racing the real server loses) ...
+    let (mut client, request, now, held) = exchanging_in(State::Rebooting);
+    let foreign = ReplyBuilder::to(&request, MessageType::Nak)
+        .option(DhcpOption::ServerIdentifier(OTHER_SERVER))
+        .bytes();
+    assert_refused(&mut client, now, &foreign, |r| {
+        matches!(r, RejectReason::WrongServer { .. })
+    });
+    let ack = ReplyBuilder::to(&request, MessageType::Ack).bytes();
+    client.on_reply(now, &ack, meta());
+    assert_eq!(client.state(), State::Bound);
+    let (_, actions) = advance_to_deadline(&mut client);
+    assert!(
+        !events(&actions)
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Nak { .. })),
+        "the held-back NAK is forgotten once the lease is confirmed"
+    );
+    assert_eq!(record(&client).ip, held.ip);
+    // ... and with nobody confirming the lease, it counts at the next retransmission: the
+    // network or its server changed while we were down.
+    let (mut client, request, now, _) = exchanging_in(State::Rebooting);
+    let foreign = ReplyBuilder::to(&request, MessageType::Nak)
+        .option(DhcpOption::ServerIdentifier(OTHER_SERVER))
+        .bytes();
+    client.on_reply(now, &foreign, meta());
+    assert_eq!(client.state(), State::Rebooting);
+    let (_, actions) = advance_to_deadline(&mut client);
+    assert_eq!(client.state(), State::Init);
+    assert!(actions.contains(&Action::ClearRecord));
+    assert!(events(&actions).iter().any(|e| matches!(
+        e,
+        ClientEvent::Nak { server, state: State::Rebooting, .. } if *server == OTHER_SERVER
+    )));
+    // The lease's own server's NAK counts at once.
+    let (mut client, request, now, _) = exchanging_in(State::Rebooting);
+    let own = ReplyBuilder::to(&request, MessageType::Nak).bytes();
+    client.on_reply(now, &own, meta());
+    assert_eq!(client.state(), State::Init);
+
     // REBINDING: any server may NAK, but it must name itself.
     let (mut client, request, now, _) = exchanging_in(State::Rebinding);
     let nak = || ReplyBuilder::to(&request, MessageType::Nak);

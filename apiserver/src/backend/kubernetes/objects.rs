@@ -217,6 +217,7 @@ pub fn allocation_of(address: &DhcpAddress) -> Allocation {
         },
         state,
         lease,
+        unconfirmed: false,
     }
 }
 

@@ -156,6 +156,7 @@ impl Book {
             handed_out_ip: None,
             record: None,
             created_at: Utc::now(),
+            answered: false,
         };
         self.insert(stored.clone());
         stored
@@ -242,10 +243,29 @@ impl Book {
             .get_mut(id)
             .filter(|e| e.stored.phase == Phase::Pending)?;
         entry.stored.phase = Phase::Confirmed;
+        entry.stored.answered = false;
         entry.stored.handed_out_ip = Some(record.ip);
         entry.held_ip = Some(record.ip);
         entry.stored.record = Some(record);
         Some(entry.stored.clone())
+    }
+
+    /// The requester took the answer: the allocation is confirmed as known to its client.
+    pub fn mark_answered(&mut self, id: &str) -> Option<StoredAllocation> {
+        let entry = self
+            .allocations
+            .get_mut(id)
+            .filter(|e| e.stored.phase == Phase::Confirmed && !e.stored.answered)?;
+        entry.stored.answered = true;
+        Some(entry.stored.clone())
+    }
+
+    /// Allocations handed out durably whose answer may not have reached the requester.
+    pub fn unconfirmed(&self) -> usize {
+        self.allocations
+            .values()
+            .filter(|e| e.stored.phase == Phase::Confirmed && !e.stored.answered)
+            .count()
     }
 
     /// The handed-out allocation a DELETE of `ip` means: the address handed out or the one now
@@ -389,6 +409,7 @@ pub fn to_api(entry: &Entry) -> Allocation {
         interface,
         state,
         lease: record.map(lease_info),
+        unconfirmed: stored.phase == Phase::Confirmed && !stored.answered,
     }
 }
 

@@ -93,6 +93,7 @@ mod tests {
                 expires_at: now + TimeDelta::seconds(secs),
             }),
             created_at: now,
+            answered: true,
         }
     }
 

@@ -76,6 +76,15 @@ pub struct StoredAllocation {
     /// The lease as the client last held it; `None` while it holds none.
     pub record: Option<LeaseRecord>,
     pub created_at: DateTime<Utc>,
+    /// False from the confirming write until the HTTP handler took the answer: a record found
+    /// Confirmed but not answered after a crash was handed out durably, yet its requester may
+    /// never have heard of it. Records written before this field existed read as answered.
+    #[serde(default = "answered_by_default")]
+    pub answered: bool,
+}
+
+fn answered_by_default() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -292,6 +301,7 @@ mod tests {
             handed_out_ip: Some(Ipv4Addr::new(10, 77, 0, 20)),
             record: None,
             created_at: Utc::now(),
+            answered: true,
         }
     }
 

@@ -192,6 +192,7 @@ mod tests {
             handed_out_ip: None,
             record: None,
             created_at: chrono::Utc::now(),
+            answered: true,
         }
     }
 
