@@ -144,16 +144,17 @@ impl Driver {
                     }
                 }
                 Action::Probe(ip) => {
-                    let conflict = self
-                        .transport
-                        .probe(ip, self.probe_timing, &self.netns)
-                        .await
-                        .unwrap_or_else(|error| {
-                            // A probe that cannot run must not block the lease: RFC 5227 probing
-                            // is a SHOULD. Report it and carry on as if no conflict was seen.
-                            warn!(key = %self.key, %error, "ARP probe failed");
-                            false
-                        });
+                    // Boxed: a probe is rare and its state large; unboxed it would sit in
+                    // every address's task for its whole life.
+                    let conflict =
+                        Box::pin(self.transport.probe(ip, self.probe_timing, &self.netns))
+                            .await
+                            .unwrap_or_else(|error| {
+                                // A probe that cannot run must not block the lease: RFC 5227 probing
+                                // is a SHOULD. Report it and carry on as if no conflict was seen.
+                                warn!(key = %self.key, %error, "ARP probe failed");
+                                false
+                            });
                     queue.extend(self.client.on_probe_result(Utc::now(), conflict));
                 }
                 Action::Persist(record) => {

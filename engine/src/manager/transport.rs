@@ -68,7 +68,9 @@ impl Transport {
     /// The next DHCP reply for this address.
     pub async fn recv(&self) -> io::Result<Received> {
         match self {
-            Transport::Link { socket, .. } => socket.recv().await,
+            // Boxed: its 2 KiB receive buffer would otherwise sit in every address's task,
+            // linkless ones included (a future is as large as its largest variant).
+            Transport::Link { socket, .. } => Box::pin(socket.recv()).await,
             Transport::Parent(lessee) => Ok(lessee.inbox.next().await),
         }
     }
