@@ -72,26 +72,43 @@ impl TokenBucket {
 }
 
 /// The async edge around [`TokenBucket`].
+///
+/// Waiters queue per priority behind a fair (FIFO) lock and only the head of each queue sleeps
+/// until the bucket has its token: with thousands of addresses waiting (a restart, a burst of new
+/// ones) each token wakes one task, not all of them.
 #[derive(Debug)]
 pub struct RateLimiter {
-    bucket: Mutex<TokenBucket>,
+    bucket: std::sync::Mutex<TokenBucket>,
+    held_queue: Mutex<()>,
+    new_queue: Mutex<()>,
 }
 
 impl RateLimiter {
     pub fn new(rate_per_second: f64, burst: u32) -> Self {
         RateLimiter {
-            bucket: Mutex::new(TokenBucket::new(rate_per_second, burst, Instant::now())),
+            bucket: std::sync::Mutex::new(TokenBucket::new(rate_per_second, burst, Instant::now())),
+            held_queue: Mutex::new(()),
+            new_queue: Mutex::new(()),
         }
     }
 
     /// Waits until a transmission of `priority` may go out.
     pub async fn acquire(&self, priority: Priority) {
+        let queue = match priority {
+            Priority::Held => &self.held_queue,
+            Priority::New => &self.new_queue,
+        };
+        let _head = queue.lock().await;
         loop {
-            let wait = match self.bucket.lock().await.try_take(Instant::now(), priority) {
+            let taken = self
+                .bucket
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .try_take(Instant::now(), priority);
+            match taken {
                 Ok(()) => return,
-                Err(wait) => wait,
-            };
-            tokio::time::sleep(wait).await;
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
         }
     }
 }
@@ -198,5 +215,38 @@ mod tests {
         }
         assert!(sent <= 4 + 100 + 1, "{sent}");
         assert!(sent >= 100, "{sent}");
+    }
+
+    #[tokio::test]
+    async fn many_waiters_go_one_token_at_a_time_held_ones_first() {
+        // 20 new and 5 held waiters on a bucket of burst 4 (reserve 1) at 100/s: the held ones
+        // finish before the new ones that were waiting with them, and all within the rate.
+        let limiter = std::sync::Arc::new(RateLimiter::new(100.0, 4));
+        let start = Instant::now();
+        let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..25 {
+            let (limiter, order) = (limiter.clone(), order.clone());
+            let priority = if i >= 20 { Held } else { New };
+            tasks.push(tokio::spawn(async move {
+                limiter.acquire(priority).await;
+                order.lock().unwrap().push((priority, Instant::now()));
+            }));
+            tokio::task::yield_now().await;
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let order = order.lock().unwrap();
+        assert_eq!(order.len(), 25);
+        let last_held = order.iter().rposition(|(p, _)| *p == Held).unwrap();
+        let news_after_last_held = order[last_held..].iter().filter(|(p, _)| *p == New).count();
+        assert!(
+            news_after_last_held >= 10,
+            "held ones went first: {order:?}"
+        );
+        // 25 tokens from a burst of 4 at 100/s take at least 0.21 s.
+        let elapsed = order.last().unwrap().1 - start;
+        assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
     }
 }
