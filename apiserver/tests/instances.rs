@@ -53,6 +53,8 @@ fn options(parent: &str, dir: &Path, macs: Vec<MacAddr>) -> StandaloneOptions {
         state_dir: dir.to_path_buf(),
         macs,
         spare_links: 0,
+        // A macvlan per address: the links are what this test is about.
+        linkless: false,
         ..Config::default()
     })
 }
@@ -170,10 +172,18 @@ fn instances_on_one_host_never_take_each_others_links() {
     let held_state = d1.with_extension("lease.json");
     let mut held = {
         let mut cmd = lab.run_in_agent(binaries::operator());
-        cmd.args(["lease", "--parent", lab.parent(), "--hold", "--mac"])
-            .arg(held_mac.to_string())
-            .arg("--state")
-            .arg(&held_state);
+        // --assign: the address on a macvlan of its own (without it, `lease` runs linkless).
+        cmd.args([
+            "lease",
+            "--parent",
+            lab.parent(),
+            "--hold",
+            "--assign",
+            "--mac",
+        ])
+        .arg(held_mac.to_string())
+        .arg("--state")
+        .arg(&held_state);
         JsonLinesProcess::spawn(cmd).expect("lease --hold")
     };
     held.wait_for("lease --hold bound", STEP, |v| v["event"] == "bound");
@@ -207,7 +217,10 @@ fn instances_on_one_host_never_take_each_others_links() {
             let agent = rt_agent.block_on(async {
                 let agent = LeaseManager::new(
                     InstanceId::derived("agent", "node-1"),
-                    ManagerConfig::default(),
+                    ManagerConfig {
+                        linkless: false,
+                        ..ManagerConfig::default()
+                    },
                     Arc::new(|_: &str, _: Option<&_>| {}),
                 )
                 .unwrap();

@@ -141,8 +141,19 @@ impl EngineMetrics {
         )
     }
 
+    /// Name, help and value of the links-restored counter.
+    pub fn links_restored(&self) -> NamedCounter<'_> {
+        (
+            "links_restored",
+            "Links of held addresses re-created after they vanished (ip link del, parent re-created)",
+            self.manager.links_restored(),
+        )
+    }
+
     /// Adds the metrics to `registry`, which should carry the prefix `dhcpmanager`.
     pub fn register(&self, registry: &mut Registry) {
+        let (name, help, restored) = self.links_restored();
+        registry.register(name, help, restored.clone());
         for (name, help, counter) in self.counters() {
             registry.register(name, help, counter.clone());
         }

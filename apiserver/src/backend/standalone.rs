@@ -321,6 +321,21 @@ impl Shared {
 }
 
 impl Core {
+    /// What the book cannot know about an allocation's link: a re-created link has another
+    /// index, and while the link is missing the address cannot transmit, so it is not shown
+    /// Bound (Pending, with its lease, until the link is back).
+    fn overlay_link(&self, allocation: &mut Allocation) {
+        let Some(live) = self.manager.status(&allocation.id) else {
+            return;
+        };
+        if allocation.interface.name == live.interface {
+            allocation.interface.index = live.ifindex;
+        }
+        if live.link_missing && allocation.state == AllocationState::Bound {
+            allocation.state = AllocationState::Pending;
+        }
+    }
+
     fn spec(&self, stored: &StoredAllocation) -> AddressSpec {
         let mut client = ClientConfig::new(stored.mac);
         client.hostname = Some(stored.hostname.clone());
@@ -662,7 +677,13 @@ impl Backend for StandaloneBackend {
     }
 
     fn status(&self) -> BoxFuture<'_, Result<StatusSnapshot, BackendError>> {
-        Box::pin(async move { Ok(self.core.shared.book().snapshot()) })
+        Box::pin(async move {
+            let mut snapshot = self.core.shared.book().snapshot();
+            for allocation in &mut snapshot.allocations {
+                self.core.overlay_link(allocation);
+            }
+            Ok(snapshot)
+        })
     }
 
     fn lease_cidrs(&self) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {

@@ -19,9 +19,14 @@ use super::transport::Transport;
 use crate::dhcp::{Action, Client, ClientEvent, LeaseRecord, MacAddr, ReplyMeta, State};
 use crate::net::announce::{self, Announcement};
 use crate::net::arp::{self, ProbeTiming};
+use crate::net::packet_socket::DhcpSocket;
 
 /// RFC 5227 ANNOUNCE_INTERVAL: the second gratuitous ARP follows the first after this.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
+/// First pause between attempts to re-create a vanished link (the parent may be gone too).
+const RESTORE_FIRST_PAUSE: Duration = Duration::from_millis(100);
+/// Longest pause between such attempts.
+const RESTORE_MAX_PAUSE: Duration = Duration::from_secs(5);
 
 /// What the manager may ask of a running address.
 #[derive(Debug)]
@@ -41,6 +46,8 @@ pub(super) struct Driver {
     /// The link's index (assign mode); the parent's for a linkless address.
     pub ifindex: u32,
     pub links: OwnedLinks,
+    /// Parent interface of the link (to re-create it if it vanishes).
+    pub parent: String,
     pub limiter: Arc<RateLimiter>,
     pub persist: PersistFn,
     pub events: broadcast::Sender<KeyedEvent>,
@@ -71,8 +78,16 @@ impl Driver {
         }
         let actions = self.client.start(Utc::now());
         self.execute(actions).await;
+        // While the link is missing: when to try re-creating it next, and the pause after that.
+        let mut restore: Option<(tokio::time::Instant, Duration)> = None;
         loop {
             let wake = sleep_until(self.client.deadline());
+            let retry = async {
+                match restore {
+                    Some((at, _)) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 command = self.commands.recv() => {
@@ -92,7 +107,17 @@ impl Driver {
                     }
                     return;
                 }
-                received = self.transport.recv() => match received {
+                () = retry => {
+                    let (_, pause) = restore.expect("only armed while missing");
+                    restore = match self.restore_link().await {
+                        true => None,
+                        false => {
+                            let next = (pause * 2).min(RESTORE_MAX_PAUSE);
+                            Some((tokio::time::Instant::now() + pause, next))
+                        }
+                    };
+                }
+                received = self.transport.recv(), if restore.is_none() => match received {
                     Ok(frame) => {
                         Counters::bump(&self.counters.packets_received);
                         let meta = ReplyMeta {
@@ -103,9 +128,13 @@ impl Driver {
                         self.execute(actions).await;
                     }
                     Err(error) => {
-                        // A receive error on a packet socket means the link went away or the
-                        // kernel is out of buffers; the client's own timers retry, so wait a
-                        // little instead of spinning.
+                        // A packet socket reports ENETDOWN once when its link goes down or
+                        // away; otherwise the kernel is out of buffers and the client's own
+                        // timers retry, so wait a little instead of spinning.
+                        if self.link_vanished().await {
+                            restore = Some((tokio::time::Instant::now(), RESTORE_FIRST_PAUSE));
+                            continue;
+                        }
                         warn!(key = %self.key, %error, "receive failed");
                         self.set_error(format!("receive failed: {error}"));
                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -124,6 +153,10 @@ impl Driver {
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
             match action {
+                Action::Send(_) if self.status.borrow().link_missing => {
+                    // Lost like any datagram; the client's timers retry once the link is back.
+                    debug!(key = %self.key, "not sent: the link is missing");
+                }
                 Action::Send(transmission) => {
                     // Renewals (and INIT-REBOOT, release) of a held lease go before new
                     // addresses' exchanges: adding addresses must never cost one a renewal.
@@ -250,6 +283,86 @@ impl Driver {
         {
             warn!(key = %self.key, %error, "withdrawing the announcement failed");
         }
+    }
+
+    /// Whether the link is gone (not merely down); if so, marks the address as unable to
+    /// transmit, forgets what was configured on the link (it went with it) and says so.
+    async fn link_vanished(&mut self) -> bool {
+        // A linkless address has no link of its own to lose (its parent's socket is shared).
+        if !matches!(self.transport, Transport::Link { .. }) {
+            return false;
+        }
+        match self.links.exists(self.ifindex).await {
+            Ok(true) => return false,
+            Ok(false) => {}
+            Err(error) => {
+                warn!(key = %self.key, %error, "cannot tell whether the link still exists");
+                return false;
+            }
+        }
+        let interface = self.status.borrow().interface.clone();
+        warn!(key = %self.key, %interface, ifindex = self.ifindex, "the address's link vanished; re-creating it");
+        // The policy rule of an announcement outlives the link; addresses and routes do not.
+        self.withdraw().await;
+        self.assigned = None;
+        self.status.send_modify(|status| {
+            status.link_missing = true;
+            status.last_error = Some(format!(
+                "link {interface} vanished: nothing can be sent until it is re-created"
+            ));
+        });
+        true
+    }
+
+    /// One attempt to re-create the vanished link (same name, MAC and owner alias) with a fresh
+    /// socket; on success the lease carries on: the address goes back on the link (assign mode)
+    /// and a held lease is re-confirmed at once with INIT-REBOOT for the same IP, which the
+    /// server answers with an ACK that extends it (RFC 2131 3.2: a client that may have lost its
+    /// network attachment verifies its lease). Returns whether the link is back.
+    async fn restore_link(&mut self) -> bool {
+        let mac = MacAddr(self.transport.mac());
+        let created = match self.links.create(&self.key, &self.parent, mac).await {
+            Ok(created) => created,
+            Err(error) => {
+                debug!(key = %self.key, %error, "re-creating the link failed; trying again");
+                self.set_error(format!(
+                    "link {} vanished and cannot be re-created yet: {error}",
+                    self.status.borrow().interface
+                ));
+                return false;
+            }
+        };
+        // The manager's claim on the name stays with the running address.
+        let (name, ifindex) = (created.name.clone(), created.ifindex);
+        drop(created);
+        let socket = match self.netns.run(|| DhcpSocket::open(ifindex, mac.octets())) {
+            Ok(Ok(socket)) => socket,
+            Ok(Err(error)) | Err(error) => {
+                warn!(key = %self.key, %error, "opening the socket on the re-created link failed");
+                self.set_error(format!("opening the socket on {name} failed: {error}"));
+                return false;
+            }
+        };
+        self.transport = Transport::Link { socket, ifindex };
+        self.ifindex = ifindex;
+        self.links.count_restored();
+        warn!(key = %self.key, interface = %name, ifindex, "link re-created");
+        self.status.send_modify(|status| {
+            status.link_missing = false;
+            status.ifindex = ifindex;
+            status.last_error = None;
+        });
+        let now = Utc::now();
+        let record = self.client.record().cloned();
+        self.sync_assigned_ip(record.as_ref()).await;
+        if let Some(record) = record.filter(|r| r.is_valid_at(now)) {
+            let config = self.client.config().clone();
+            self.client = Client::resume(config, record, now, rand::random());
+            let actions = self.client.start(now);
+            self.execute(actions).await;
+        }
+        self.publish();
+        true
     }
 
     fn log_event(&self, event: &ClientEvent) {

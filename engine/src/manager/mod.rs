@@ -199,6 +199,11 @@ impl LeaseManager {
         &self.inner.counters
     }
 
+    /// Links re-created after they vanished (the address carried on with its lease).
+    pub fn links_restored(&self) -> &prometheus_client::metrics::counter::Counter {
+        self.inner.links.restored()
+    }
+
     /// Starts holding `spec`. With a `record` that is still valid and has the same MAC the client
     /// resumes it (INIT-REBOOT for the same IP, never a DISCOVER); otherwise it starts in INIT.
     /// Starting a key that is already running returns its status.
@@ -406,6 +411,7 @@ impl LeaseManager {
             ifindex,
             last_error: None,
             finished: false,
+            link_missing: false,
         });
         let (commands_tx, commands_rx) = mpsc::channel(1);
         let driver = Driver {
@@ -414,6 +420,7 @@ impl LeaseManager {
             transport,
             ifindex,
             links: self.inner.links.clone(),
+            parent: spec.parent.clone(),
             limiter: self.inner.limiter.clone(),
             persist: self.inner.persist.clone(),
             events: self.inner.events.clone(),

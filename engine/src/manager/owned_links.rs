@@ -36,6 +36,8 @@ struct Inner {
     owner: InstanceId,
     group: u32,
     reaper: Reaper,
+    /// Links re-created after they vanished.
+    restored: prometheus_client::metrics::counter::Counter,
     /// Names of the links in use (prepared or running), with how many claims each has.
     claimed: Mutex<HashMap<String, usize>>,
 }
@@ -81,6 +83,7 @@ impl OwnedLinks {
                 links,
                 owner,
                 group,
+                restored: Default::default(),
                 claimed: Mutex::new(HashMap::new()),
             }),
         }
@@ -161,6 +164,16 @@ impl OwnedLinks {
     /// Whether the link `ifindex` still exists (it may have been deleted behind our back).
     pub async fn exists(&self, ifindex: u32) -> Result<bool, Error> {
         Ok(self.inner.links.exists(ifindex).await?)
+    }
+
+    /// Counts one link re-created after it vanished (`dhcpmanager_links_restored_total`).
+    pub fn count_restored(&self) {
+        self.inner.restored.inc();
+    }
+
+    /// The links re-created so far, for the metrics.
+    pub fn restored(&self) -> &prometheus_client::metrics::counter::Counter {
+        &self.inner.restored
     }
 
     /// Whether a retired link, not deleted yet, holds `mac`: a new link with it would wait.

@@ -28,6 +28,10 @@ pub struct AddressStatus {
     pub last_error: Option<String>,
     /// Set once the client has stopped for good (released, or stopped by the manager).
     pub finished: bool,
+    /// The address's link vanished (`ip link del`, a parent deleted or re-created) and is not
+    /// back yet: nothing can be sent or received, whatever `state` says. The address task
+    /// re-creates it (same name, MAC and owner) and then re-confirms the lease.
+    pub link_missing: bool,
 }
 
 /// A client event tagged with the address it belongs to.

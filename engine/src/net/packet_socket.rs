@@ -103,9 +103,11 @@ impl DhcpSocket {
     pub async fn recv(&self) -> io::Result<Received> {
         let mut buf = [0u8; RECEIVE_BUFFER];
         loop {
+            // ERROR too: when the link goes down or away the kernel reports ENETDOWN on the
+            // socket with EPOLLERR alone, which a wait for READABLE would never see.
             let (len, from, udp_checksum) = self
                 .fd
-                .async_io(Interest::READABLE, |fd| {
+                .async_io(Interest::READABLE | Interest::ERROR, |fd| {
                     recv_with_status(fd.as_raw_fd(), &mut buf)
                 })
                 .await?;

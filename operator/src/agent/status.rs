@@ -40,8 +40,18 @@ pub struct Observed<'a> {
 /// The status to apply for an address the agent runs.
 pub fn status_for(engine: &AddressStatus, observed: &Observed<'_>) -> DhcpAddressStatus {
     let record = engine.record.as_ref();
-    let phase = phase_of(engine.state, record.is_some(), observed.expired);
+    // An address whose link vanished cannot transmit, whatever the client's state: Pending
+    // ("waiting for ... a link") until the link is back, with the lease still shown.
+    let phase = match phase_of(engine.state, record.is_some(), observed.expired) {
+        held if held.holds_address() && engine.link_missing => Phase::Pending,
+        phase => phase,
+    };
     let ready = phase.holds_address();
+    let reason = match (ready, engine.link_missing) {
+        (true, _) => "LeaseHeld",
+        (false, true) => "LinkMissing",
+        (false, false) => phase.as_str(),
+    };
     let mut conditions = observed
         .previous
         .map(|s| s.conditions.clone())
@@ -51,11 +61,15 @@ pub fn status_for(engine: &AddressStatus, observed: &Observed<'_>) -> DhcpAddres
         condition(
             condition_type::READY,
             ready,
-            if ready { "LeaseHeld" } else { phase.as_str() },
+            reason,
             &match record {
                 Some(r) if ready => format!(
                     "{} leased from {} until {}",
                     r.ip, r.server_id, r.expires_at
+                ),
+                _ if engine.link_missing => format!(
+                    "link {} vanished; re-creating it (the DHCP client is {})",
+                    engine.interface, engine.state
                 ),
                 _ => format!("the DHCP client is {}", engine.state),
             },
@@ -171,6 +185,7 @@ mod tests {
             ifindex: 7,
             last_error: None,
             finished: false,
+            link_missing: false,
         }
     }
 
@@ -234,6 +249,26 @@ mod tests {
         );
         assert_eq!(lost.conditions[0].status, "False");
         assert_eq!(lost.conditions[0].last_transition_time, to_time(t2));
+    }
+
+    #[test]
+    fn a_lease_whose_link_vanished_is_not_shown_bound() {
+        let now = Utc::now();
+        let record = dhcpmanager_engine::fixtures::lease_record(now);
+        let mut missing = engine(State::Bound, Some(record.clone()));
+        missing.link_missing = true;
+        let status = status_for(&missing, &observed(now, None));
+        assert_eq!(status.phase, Some(Phase::Pending));
+        assert_eq!(status.ip, Some(record.ip), "the lease is still shown");
+        let ready = &status.conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "LinkMissing")
+        );
+        assert!(ready.message.contains("vanished"), "{}", ready.message);
+        missing.link_missing = false;
+        let back = status_for(&missing, &observed(now, Some(&status)));
+        assert_eq!(back.phase, Some(Phase::Bound));
     }
 
     #[test]
