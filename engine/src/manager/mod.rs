@@ -363,9 +363,15 @@ impl LeaseManager {
             .inner
             .parents
             .join(&spec.parent, spec.client.mac.octets())
-            .map_err(|source| Error::Socket {
-                interface: spec.parent.clone(),
-                source,
+            .map_err(|source| match source.kind() {
+                // The same error, phase and message as an address on a macvlan of a missing parent.
+                std::io::ErrorKind::NotFound => {
+                    Error::Link(links::LinkError::ParentNotFound(spec.parent.clone()))
+                }
+                _ => Error::Socket {
+                    interface: spec.parent.clone(),
+                    source,
+                },
             })?;
         let now = Utc::now();
         let mac = spec.client.mac;
