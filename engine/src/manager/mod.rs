@@ -363,16 +363,7 @@ impl LeaseManager {
             .inner
             .parents
             .join(&spec.parent, spec.client.mac.octets())
-            .map_err(|source| match source.kind() {
-                // The same error, phase and message as an address on a macvlan of a missing parent.
-                std::io::ErrorKind::NotFound => {
-                    Error::Link(links::LinkError::ParentNotFound(spec.parent.clone()))
-                }
-                _ => Error::Socket {
-                    interface: spec.parent.clone(),
-                    source,
-                },
-            })?;
+            .map_err(|source| parent_error(&spec.parent, source))?;
         let now = Utc::now();
         let mac = spec.client.mac;
         let resumable = record.filter(|r| r.mac == mac && r.is_valid_at(now));
@@ -534,7 +525,7 @@ impl LeaseManager {
                 .inner
                 .parents
                 .join(&spec.parent, spec.client.mac.octets())
-                .map_err(socket_error)?;
+                .map_err(|source| parent_error(&spec.parent, source))?;
             return send_all(&Transport::Parent(lessee)).map_err(socket_error);
         }
         let link = self
@@ -634,6 +625,18 @@ impl std::fmt::Debug for PreparedLink {
             .field("name", &self.name)
             .field("ifindex", &self.ifindex)
             .finish_non_exhaustive()
+    }
+}
+
+/// A failure to join `parent`'s shared socket; a missing parent is the same error as for a
+/// macvlan on it.
+fn parent_error(parent: &str, source: std::io::Error) -> Error {
+    if source.kind() == std::io::ErrorKind::NotFound {
+        return links::LinkError::ParentNotFound(parent.to_owned()).into();
+    }
+    Error::Socket {
+        interface: parent.to_owned(),
+        source,
     }
 }
 

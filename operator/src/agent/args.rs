@@ -59,6 +59,17 @@ pub struct AgentArgs {
     pub rate: f64,
     #[arg(long, default_value_t = 100)]
     pub burst: u32,
+    /// Addresses without assignToInterface run with no macvlan, over one shared socket per
+    /// parent, from their own MACs (docs/engine.md "Leases without links"); false: a macvlan per
+    /// address.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub linkless: bool,
+    /// Addresses this agent holds at most; more are refused (phase Failed with the reason).
+    #[arg(long, default_value_t = dhcpmanager_engine::manager::DEFAULT_MAX_ADDRESSES)]
+    pub max_addresses: usize,
+    /// Addresses on macvlans per parent at most; 0: half of net.core.netdev_max_backlog.
+    #[arg(long, default_value_t = 0)]
+    pub links_per_parent: usize,
     /// Create the macvlans and DHCP sockets in this network namespace (e.g. /proc/1/ns/net, the
     /// host's, when the agent runs in the pod network) instead of the agent's own.
     #[arg(long)]

@@ -88,6 +88,11 @@ pub async fn run(args: AgentArgs, config: dhcpmanager_engine::config::Config) ->
             rate_per_second: args.rate,
             burst: args.burst,
             netns,
+            linkless: args.linkless,
+            capacity: dhcpmanager_engine::manager::Capacity {
+                addresses: args.max_addresses,
+                links_per_parent: (args.links_per_parent > 0).then_some(args.links_per_parent),
+            },
             ..ManagerConfig::default()
         },
         // Records reach the API through the status watch; nothing else to persist.
