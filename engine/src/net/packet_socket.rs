@@ -161,34 +161,32 @@ pub(super) fn attach_filter(fd: RawFd, program: &[BpfInstruction]) -> io::Result
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "BPF program too long"))?,
         filter: filters.as_ptr().cast_mut(),
     };
-    // SAFETY: fprog points at `filters`, which outlives the call; the kernel copies it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&raw const fprog).cast(),
-            mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // fprog points at `filters`, which outlives the call; the kernel copies the program.
+    set_option(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
 }
 
 /// Asks the kernel to report, per packet, whether its checksum was left to (absent) hardware:
 /// replies between namespaces over veth/macvlan carry only a partial UDP checksum.
 pub(super) fn enable_auxdata(fd: RawFd) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: `on` is a valid c_int for the duration of the call.
+    set_option(fd, libc::SOL_PACKET, PACKET_AUXDATA, &(1 as libc::c_int))
+}
+
+/// `setsockopt` with a plain value (an integer or a C struct) that the kernel copies.
+pub(super) fn set_option<T>(
+    fd: RawFd,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` is a valid, initialised T for the duration of the call, and its exact size
+    // goes with it; the kernel only reads (copies) it.
     let rc = unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_PACKET,
-            PACKET_AUXDATA,
-            (&raw const on).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
+            level,
+            option,
+            std::ptr::from_ref(value).cast(),
+            mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc < 0 {

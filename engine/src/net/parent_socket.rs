@@ -12,7 +12,7 @@
 //! bound, and broadcast replies are handed to their address by `chaddr`.
 
 use std::io;
-use std::mem::{self, ManuallyDrop};
+use std::mem::ManuallyDrop;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -23,7 +23,7 @@ use super::bpf::{ETHERNET_HEADER_LEN, dhcp_replies_filter};
 use super::frame::{build_client_datagram, parse_client_datagram};
 use super::packet_socket::{
     BROADCAST_MAC, ETH_P_IP, RECEIVE_BUFFER, Received, attach_filter, bind_to_interface,
-    enable_auxdata, link_address, recv_with_status, send_to,
+    enable_auxdata, link_address, recv_with_status, send_to, set_option,
 };
 
 const PACKET_ADD_MEMBERSHIP: libc::c_int = 1;
@@ -102,20 +102,12 @@ impl ParentSocket {
             mr_address: [0; 8],
         };
         request.mr_address[..6].copy_from_slice(&mac);
-        // SAFETY: request is a valid packet_mreq for the duration of the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd.get_ref().as_raw_fd(),
-                libc::SOL_PACKET,
-                operation,
-                (&raw const request).cast(),
-                mem::size_of::<libc::packet_mreq>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        set_option(
+            self.fd.get_ref().as_raw_fd(),
+            libc::SOL_PACKET,
+            operation,
+            &request,
+        )
     }
 
     /// Sends `dhcp_payload` from `src_ip`:68 to `dst_ip`:67 in one Ethernet frame from
@@ -221,17 +213,7 @@ pub(super) fn raw_packet_socket() -> io::Result<OwnedFd> {
 /// leaves the default, which still works at smaller bursts.
 fn set_receive_buffer(fd: RawFd, bytes: libc::c_int) {
     for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: `bytes` is a valid c_int for the duration of the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                option,
-                (&raw const bytes).cast(),
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
+        if set_option(fd, libc::SOL_SOCKET, option, &bytes).is_ok() {
             return;
         }
     }
