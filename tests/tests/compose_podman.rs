@@ -104,7 +104,9 @@ fn compose_quickstart_under_podman_leases_keeps_across_restart_and_releases() {
     let lease = active_lease(&leases, ip).unwrap().clone();
     assert_eq!(lease.hostname.as_deref(), Some("web.default"));
 
-    // Restart: SIGTERM keeps the lease, the state volume brings it back (INIT-REBOOT).
+    // Restart: SIGTERM keeps the lease, the state volume brings it back (INIT-REBOOT). Kea
+    // records expiry in whole seconds: the re-request must fall in a later second to be seen.
+    std::thread::sleep(Duration::from_millis(1100));
     let restart_ns = now_ns();
     podman.compose(&compose_file, &env, &["restart"]);
     lab.wait_for_leases(
