@@ -192,18 +192,26 @@ async fn create_address(
         }
         // Another agent (with a different view of who coordinates) was first.
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 422 => {
-            let problem = format!("its DhcpAddress was refused: {}", e.message);
-            publish(service, EventType::Warning, "InvalidService", &problem, ctx).await;
-            Err(Error::InvalidService {
-                service: key(service),
-                problem,
-            })
-        }
+        Err(kube::Error::Api(e)) if e.code == 422 => Err(refused(
+            service,
+            format!("its DhcpAddress was refused: {}", e.message),
+            ctx,
+        )
+        .await),
         Err(source) => Err(Error::Kube {
             action: format!("creating the DhcpAddress of Service {}", key(service)),
             source,
         }),
+    }
+}
+
+/// The API server refused the Service's DhcpAddress (422): said on the Service, where the user
+/// who wrote the annotations looks.
+async fn refused(service: &Service, problem: String, ctx: &ServiceContext) -> Error {
+    publish(service, EventType::Warning, "InvalidService", &problem, ctx).await;
+    Error::InvalidService {
+        service: key(service),
+        problem,
     }
 }
 
@@ -233,14 +241,12 @@ async fn apply_address(
         .await
     {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 422 => {
-            let problem = format!("cannot change its DhcpAddress: {}", e.message);
-            publish(service, EventType::Warning, "InvalidService", &problem, ctx).await;
-            Err(Error::InvalidService {
-                service: key(service),
-                problem,
-            })
-        }
+        Err(kube::Error::Api(e)) if e.code == 422 => Err(refused(
+            service,
+            format!("cannot change its DhcpAddress: {}", e.message),
+            ctx,
+        )
+        .await),
         Err(source) => Err(Error::Kube {
             action: format!("updating the DhcpAddress of Service {}", key(service)),
             source,
