@@ -13,6 +13,7 @@ pub mod lab;
 pub mod lab_error;
 pub mod netns;
 pub mod node;
+pub mod node_web;
 pub mod pcap;
 pub mod podman;
 pub mod probe;

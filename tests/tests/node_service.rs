@@ -12,87 +12,23 @@ use std::time::{Duration, Instant};
 use dhcpmanager_tests::arp_capture::{ArpCapture, announced};
 use dhcpmanager_tests::bootp::MessageType;
 use dhcpmanager_tests::lab::{SERVER_ADDR_1, Server, ServerOpts, active_lease};
-use dhcpmanager_tests::node::{
-    self, IMAGE_REPOSITORY, IMAGE_TAG, LAB_PARENT, Node, SegmentCapture,
+use dhcpmanager_tests::node::{self, Node, SegmentCapture};
+use dhcpmanager_tests::node_web::{
+    HTTP_PORT, WEB_NAMESPACE, agent_links, deploy_web, install_chart, service_manifest,
+    uninstall_chart,
 };
 use dhcpmanager_tests::pcap;
-use dhcpmanager_tests::repo_root;
 use serde_json::Value;
 
-const NAMESPACE: &str = "dhcpmanager";
 const STEP: Duration = Duration::from_secs(120);
-const HTTP_PORT: u16 = 80;
-
-fn web_yaml() -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web, namespace: shop}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      containers:
-        - name: web
-          image: {IMAGE_REPOSITORY}:{IMAGE_TAG}
-          imagePullPolicy: Never
-          # Any HTTP server will do: the standalone REST shim answers /healthz.
-          command: ["dhcpmanager-apiserver"]
-          args: ["--standalone", "--bind", "0.0.0.0", "--port", "8080", "--state-dir", "/tmp"]
-          # Its lease manager sweeps links at start (in the pod's own network namespace).
-          securityContext: {{runAsUser: 0, capabilities: {{add: [NET_ADMIN]}}}}
-          ports: [{{containerPort: 8080}}]
-          readinessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 1}}
-"#
-    )
-}
-
-const SERVICE_YAML: &str = r#"apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: shop}
-spec:
-  type: LoadBalancer
-  loadBalancerClass: dhcpmanager.io/dhcp
-  selector: {app: web}
-  ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
-"#;
+const CURL_MAX_TIME: Duration = Duration::from_secs(3);
 
 fn ingress(node: &Node) -> Option<Ipv4Addr> {
-    let service = node
-        .try_kubectl(&["-n", "shop", "get", "service", "web", "-o", "json"])
-        .ok()?;
-    let service: Value = serde_json::from_str(&service).ok()?;
-    service["status"]["loadBalancer"]["ingress"][0]["ip"]
-        .as_str()?
-        .parse()
-        .ok()
+    dhcpmanager_tests::node_web::ingress(node, "web")
 }
 
-fn agent_links(node: &Node) -> Vec<String> {
-    let out = node
-        .in_node("ip")
-        .args(["-d", "-o", "link", "show"])
-        .output()
-        .expect("ip link in the node");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("alias dhcpmanager:"))
-        .map(str::to_string)
-        .collect()
-}
-
-/// `curl http://ip/healthz` from the client namespace: the body on success.
 fn curl_from_client(client: &str, ip: Ipv4Addr) -> Option<String> {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", client, "curl", "-s", "--max-time", "3"])
-        .arg(format!("http://{ip}:{HTTP_PORT}/healthz"))
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    dhcpmanager_tests::node_web::curl_from_client(client, ip, CURL_MAX_TIME)
 }
 
 #[test]
@@ -112,63 +48,12 @@ fn a_load_balancer_service_is_reached_from_the_segment_through_the_lease_mac_onl
     let client = lab.server_ns(SERVER_ADDR_1);
     let segment = SegmentCapture::start(&node, "segment");
 
-    node.kubectl(&["create", "namespace", NAMESPACE]);
-    let chart = repo_root().join("charts/dhcpmanager");
-    node.helm(&[
-        "install",
-        "dhcpmanager",
-        chart.to_str().unwrap(),
-        "--namespace",
-        NAMESPACE,
-        "--set",
-        &format!("image.repository={IMAGE_REPOSITORY}"),
-        "--set",
-        &format!("image.tag={IMAGE_TAG}"),
-        "--set",
-        "image.pullPolicy=Never",
-        "--set",
-        &format!("agent.interface={LAB_PARENT}"),
-        "--set",
-        "agent.macPool.ranges[0].start=02:d4:c9:00:00:00",
-        "--set",
-        "agent.macPool.ranges[0].count=16",
-        "--set",
-        "agent.serviceController.enabled=true",
-        "--set",
-        "apiserver.enabled=false",
-        "--wait",
-        "--timeout",
-        "180s",
-    ])
-    .unwrap_or_else(|err| panic!("helm install: {err}"));
-
-    node.kubectl(&["create", "namespace", "shop"]);
-    node.apply(&web_yaml());
-    let web_ready = || {
-        node.try_kubectl(&[
-            "-n",
-            "shop",
-            "get",
-            "deployment",
-            "web",
-            "-o",
-            "jsonpath={.status.readyReplicas}",
-        ])
-        .is_ok_and(|ready| ready.trim() == "1")
-    };
-    let started = Instant::now();
-    while !web_ready() {
-        if started.elapsed() > STEP {
-            let describe = node.try_kubectl(&["-n", "shop", "describe", "pods"]);
-            let logs = node.try_kubectl(&["-n", "shop", "logs", "deployment/web", "--tail=30"]);
-            panic!("the web pod is not Ready:\n{describe:?}\n{logs:?}");
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    install_chart(&node, 16);
+    deploy_web(&node, STEP);
     let capture = ArpCapture::start(&client, "lan", HTTP_PORT, node.dir().join("client.pcap"));
 
     let created = Instant::now();
-    node.apply(SERVICE_YAML);
+    node.apply(&service_manifest("web").to_string());
     node.wait_until("the Service's ingress IP", STEP, || {
         ingress(&node).is_some()
     });
@@ -189,7 +74,7 @@ fn a_load_balancer_service_is_reached_from_the_segment_through_the_lease_mac_onl
 
     let address: Value = serde_json::from_str(&node.kubectl(&[
         "-n",
-        "shop",
+        WEB_NAMESPACE,
         "get",
         "dhcpaddress",
         "web",
@@ -229,9 +114,16 @@ fn a_load_balancer_service_is_reached_from_the_segment_through_the_lease_mac_onl
     );
 
     // Delete: the garbage collector deletes the address, its finalizer releases the lease.
-    node.kubectl(&["-n", "shop", "delete", "service", "web", "--timeout=120s"]);
+    node.kubectl(&[
+        "-n",
+        WEB_NAMESPACE,
+        "delete",
+        "service",
+        "web",
+        "--timeout=120s",
+    ]);
     node.wait_until("the DhcpAddress gone", STEP, || {
-        node.try_kubectl(&["-n", "shop", "get", "dhcpaddress", "web"])
+        node.try_kubectl(&["-n", WEB_NAMESPACE, "get", "dhcpaddress", "web"])
             .is_err()
     });
     node.wait_until("Kea shows the lease released", STEP, || {
@@ -255,16 +147,7 @@ fn a_load_balancer_service_is_reached_from_the_segment_through_the_lease_mac_onl
         .count();
     assert!(releases >= 1, "DHCPRELEASE on delete");
 
-    node.kubectl(&["delete", "namespace", "shop", "--timeout=120s"]);
-    node.helm(&[
-        "uninstall",
-        "dhcpmanager",
-        "--namespace",
-        NAMESPACE,
-        "--wait",
-        "--timeout",
-        "180s",
-    ])
-    .unwrap_or_else(|err| panic!("helm uninstall: {err}"));
+    node.kubectl(&["delete", "namespace", WEB_NAMESPACE, "--timeout=120s"]);
+    uninstall_chart(&node);
     node.stop();
 }

@@ -45,6 +45,14 @@ impl Latency {
             max_ms: times.last().map_or(f64::NAN, |d| ms(*d)),
         }
     }
+
+    /// One line of a benchmark's report: `what`, the sample count, the percentiles.
+    pub fn line(&self, what: &str) -> String {
+        format!(
+            "{what:<48} n={:<3} failed={} p50 {:>8.1} ms  p99 {:>8.1} ms  min {:>8.1}  max {:>8.1}",
+            self.samples, self.failed, self.p50_ms, self.p99_ms, self.min_ms, self.max_ms
+        )
+    }
 }
 
 pub fn date_utc() -> String {

@@ -16,7 +16,6 @@
 //! [--takeover-grace 5s]`. Run as root.
 
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -25,14 +24,15 @@ use dhcpmanager_tests::bench::cli;
 use dhcpmanager_tests::bench::error::BenchError;
 use dhcpmanager_tests::bench::figures::Latency;
 use dhcpmanager_tests::bench::raw_dora;
+use dhcpmanager_tests::bench::services::{
+    create_and_wait, delete_and_wait_gone, kube_client, runtime,
+};
 use dhcpmanager_tests::cluster::{AgentOpts, Cluster};
 use dhcpmanager_tests::garbage_collector::GarbageCollector;
 use dhcpmanager_tests::lab::{SERVER_ADDR_1, Server, ServerOpts};
 use dhcpmanager_tests::netns::in_netns;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::api::Api;
 
 const NAMESPACE: &str = "bench";
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -80,78 +80,6 @@ fn service(name: &str) -> Service {
     .expect("a Service")
 }
 
-fn ingress_of(service: &Service) -> Option<Ipv4Addr> {
-    service
-        .status
-        .as_ref()?
-        .load_balancer
-        .as_ref()?
-        .ingress
-        .as_ref()?
-        .first()?
-        .ip
-        .as_ref()?
-        .parse()
-        .ok()
-}
-
-/// Creates Service `name` and returns (create → ingress, the IP), seen through a watch.
-async fn create_and_wait(services: &Api<Service>, name: &str) -> Result<(Duration, Ipv4Addr)> {
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    // The watch lists once polled: the Service is in that list (or in an event after it), so
-    // no update can slip by.
-    let mut events = watcher(services.clone(), config).applied_objects().boxed();
-    let started = Instant::now();
-    services
-        .create(&PostParams::default(), &service(name))
-        .await?;
-    let found = tokio::time::timeout(STEP_TIMEOUT, async {
-        while let Some(event) = events.next().await {
-            if let Ok(service) = event
-                && let Some(ip) = ingress_of(&service)
-            {
-                return Some(ip);
-            }
-        }
-        None
-    })
-    .await;
-    match found {
-        Ok(Some(ip)) => Ok((started.elapsed(), ip)),
-        _ => Err(BenchError::Timeout(format!("no ingress for {name}"))),
-    }
-}
-
-async fn delete_and_wait_gone(
-    services: &Api<Service>,
-    addresses: &Api<DhcpAddress>,
-    name: &str,
-) -> Result<()> {
-    services.delete(name, &DeleteParams::default()).await?;
-    let started = Instant::now();
-    while addresses.get_opt(name).await?.is_some() {
-        if started.elapsed() > STEP_TIMEOUT {
-            return Err(BenchError::Timeout(format!(
-                "{name}'s address not released"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
-async fn kube_client(kubeconfig: &Path) -> Result<kube::Client> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig)
-        .map_err(|e| BenchError::Kubeconfig(e.to_string()))?;
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .map_err(|e| BenchError::Kubeconfig(e.to_string()))?;
-    Ok(dhcpmanager_crds::client::client_for(config)?)
-}
-
 /// Whether the node holding `ip` answers from the client: a TCP connection to a closed port is
 /// refused by its kernel (no ping on this machine; nothing listens on port 9).
 fn ping(client_ns: &str, ip: Ipv4Addr) -> bool {
@@ -169,26 +97,6 @@ fn ping(client_ns: &str, ip: Ipv4Addr) -> bool {
         .output()
         // 7: could not connect, here at once (refused); 28 would be the timeout.
         .is_ok_and(|out| out.status.code() == Some(7))
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-fn print_latency(what: &str, latency: &Latency) {
-    println!(
-        "{what:<44} n={:<3} failed={} p50 {:>8.1} ms  p99 {:>8.1} ms  min {:>8.1}  max {:>8.1}",
-        latency.samples,
-        latency.failed,
-        latency.p50_ms,
-        latency.p99_ms,
-        latency.min_ms,
-        latency.max_ms
-    );
 }
 
 fn main() {
@@ -236,14 +144,19 @@ fn run(args: &Args) -> Result<()> {
     let (mut times, mut failed) = (Vec::new(), 0);
     for i in 0..args.samples {
         let name = format!("svc-{i}");
-        match rt.block_on(create_and_wait(&services, &name)) {
+        match rt.block_on(create_and_wait(&services, &service(&name), STEP_TIMEOUT)) {
             Ok((took, _)) => times.push(took),
             Err(error) => {
                 eprintln!("sample {i}: {error}");
                 failed += 1;
             }
         }
-        rt.block_on(delete_and_wait_gone(&services, &addresses, &name))?;
+        rt.block_on(delete_and_wait_gone(
+            &services,
+            &addresses,
+            &name,
+            STEP_TIMEOUT,
+        ))?;
     }
     let to_ingress = Latency::of(times, failed);
 
@@ -261,7 +174,11 @@ fn run(args: &Args) -> Result<()> {
     let raw_exchange = Latency::of(raw.exchange, raw.failed);
 
     // --- failover: the owning node lost ------------------------------------------------------
-    let (_, ip) = rt.block_on(create_and_wait(&services, "failover"))?;
+    let (_, ip) = rt.block_on(create_and_wait(
+        &services,
+        &service("failover"),
+        STEP_TIMEOUT,
+    ))?;
     let owner = rt
         .block_on(addresses.get("failover"))?
         .status
@@ -314,8 +231,14 @@ fn run(args: &Args) -> Result<()> {
         "bench_service: {} samples, agents with --lease-duration {} --renew-interval {} --takeover-grace {}",
         args.samples, opts.lease_duration, opts.renew_interval, opts.takeover_grace
     );
-    print_latency("Service created -> ingress IP in status", &to_ingress);
-    print_latency("raw DHCP exchange (DISCOVER -> ACK)", &raw_exchange);
+    println!(
+        "{}",
+        to_ingress.line("Service created -> ingress IP in status")
+    );
+    println!(
+        "{}",
+        raw_exchange.line("raw DHCP exchange (DISCOVER -> ACK)")
+    );
     println!(
         "failover: owner {owner} lost -> address claimed by the other agent {:.1} s, -> first answer (TCP RST) from {ip} {:.1} s",
         claimed.as_secs_f64(),
