@@ -20,6 +20,8 @@ PACKAGES=(
   gcc libc6-dev
   # The standalone quickstart (deploy/docker-compose.yml) under podman (tests/tests/compose_podman.rs).
   podman
+  # The announcement lab test plays kube-proxy with nft and inspects our nftables table.
+  nftables
 )
 # Service names the DHCP packages register (systemd units and SysV scripts share them), each with
 # the pid files its SysV script writes: isc-dhcp-server's "status" prints nothing and exits 0 when

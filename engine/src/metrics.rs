@@ -150,10 +150,21 @@ impl EngineMetrics {
         )
     }
 
+    /// Name, help and value of the announce-failures counter.
+    pub fn announce_failures(&self) -> NamedCounter<'_> {
+        (
+            "announce_failures",
+            "Announcements of assigned addresses that failed in part (ARP settings, policy rules, reply marks); the lease was kept",
+            self.manager.announce_failures(),
+        )
+    }
+
     /// Adds the metrics to `registry`, which should carry the prefix `dhcpmanager`.
     pub fn register(&self, registry: &mut Registry) {
         let (name, help, restored) = self.links_restored();
         registry.register(name, help, restored.clone());
+        let (name, help, failures) = self.announce_failures();
+        registry.register(name, help, failures.clone());
         for (name, help, counter) in self.counters() {
             registry.register(name, help, counter.clone());
         }

@@ -10,6 +10,10 @@
 #   up NAME | down NAME
 #   node NAME N                       another node: namespace NAME-agN (N = 2..9) with its own
 #                                     "lab0" on the same segment; prints the namespace
+#   pod NAME                          a "pod" behind the agent namespace: namespace NAME-pod with
+#                                     "eth0" 10.244.0.2/24 (default via 10.244.0.1), its veth peer
+#                                     "v-pod" 10.244.0.1/24 in NAME-ag, forwarding on in NAME-ag;
+#                                     prints the namespace
 #   parent NAME N                     another parent interface "labN" (N = 1..9) in NAME-ag on the
 #                                     same segment (two parents on one host); prints its name
 #   start NAME dnsmasq|kea|dhcpd [lease=S] [t1=S] [t2=S] [addr=10.77.0.1|10.77.0.2] [authoritative[=0|1]]
@@ -123,6 +127,25 @@ node() {
     "net.ipv4.conf.$PARENT.rp_filter=0"
   ip netns exec "$ag" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
   echo "$ag"
+}
+
+# a pod network namespace behind the agent namespace, as a CNI plugin would make it
+pod() {
+  local name=$1 ag pod d
+  ag=$(ag_ns "$name"); pod="$name-pod"; d=$(dir_of "$name")
+  ns_exists "$ag" || die "lab $name is not up"
+  ns_exists "$pod" && die "namespace $pod exists"
+  echo " $pod" >>"$d/namespaces"
+  ip netns add "$pod"
+  ip -n "$pod" link set lo up
+  ip link add v-pod netns "$ag" type veth peer name eth0 netns "$pod"
+  ip -n "$ag" addr add 10.244.0.1/24 dev v-pod
+  ip -n "$ag" link set v-pod up
+  ip -n "$pod" addr add 10.244.0.2/24 dev eth0
+  ip -n "$pod" link set eth0 up
+  ip -n "$pod" route add default via 10.244.0.1
+  ip netns exec "$ag" sysctl -qw net.ipv4.ip_forward=1
+  echo "$pod"
 }
 
 # a second parent interface in the agent namespace: labN, its bridge port p-labN
@@ -350,6 +373,7 @@ main() {
     down) down "$name" ;;
     node) [ $# -eq 1 ] || usage; node "$name" "$1" ;;
     parent) [ $# -eq 1 ] || usage; second_parent "$name" "$1" ;;
+    pod) [ $# -eq 0 ] || usage; pod "$name" ;;
     start) [ $# -ge 1 ] || usage; start "$name" "$@" ;;
     stop) [ $# -ge 1 ] || usage; stop "$name" "$@" ;;
     leases) [ $# -ge 1 ] || usage; leases "$name" "$@" ;;

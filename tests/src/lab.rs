@@ -171,6 +171,13 @@ impl Lab {
         Ok(self.script("node", &[n.to_string()])?.trim().to_string())
     }
 
+    /// Adds a "pod" behind [`Lab::agent_ns`]: a namespace whose `eth0` is 10.244.0.2/24, routed
+    /// through its veth peer `v-pod` (10.244.0.1/24) in the agent namespace, which forwards.
+    /// Returns its name; it goes with the lab.
+    pub fn add_pod(&self) -> Result<String, LabError> {
+        Ok(self.script::<&str>("pod", &[])?.trim().to_string())
+    }
+
     /// Adds parent interface `lab<n>` (1..=9) to [`Lab::agent_ns`], on the same segment as
     /// [`Lab::parent`]: two parents on one host. Returns its name.
     pub fn add_parent(&self, n: u8) -> Result<String, LabError> {

@@ -217,11 +217,11 @@ fn only_the_lease_mac_answers_arp_and_carries_the_replies() {
     lab.down().unwrap();
 }
 
-/// A killed process cannot withdraw its `from` rules (their tables go with the links): the
-/// orphan sweep removes ours whose link is gone, and nothing else.
+/// A killed process cannot withdraw its `from` and `fwmark` rules (their tables go with the
+/// links): the orphan sweep removes ours whose link is gone, and nothing else.
 #[test]
 fn the_orphan_sweep_removes_announcement_rules_of_links_that_are_gone_and_nothing_else() {
-    use dhcpmanager_engine::net::announce::{RULE_PRIORITY, TABLE_BASE};
+    use dhcpmanager_engine::net::announce::{MARK_RULE_PRIORITY, RULE_PRIORITY, TABLE_BASE};
     let lab = Lab::up().unwrap();
     let node = lab.agent_ns();
     let ifindex_of = |iface: &str| -> u32 {
@@ -240,6 +240,26 @@ fn the_orphan_sweep_removes_announcement_rules_of_links_that_are_gone_and_nothin
     ] {
         run(&[
             "ip", "-n", &node, "rule", "add", "from", from, "lookup", &table, "priority", priority,
+        ]);
+    }
+    // Reply-mark rules: ours of a link that is gone, and one of another table.
+    let mark_priority = MARK_RULE_PRIORITY.to_string();
+    for (mark, table) in [
+        ("0x4/0x7e", gone_table.to_string()),
+        ("0x6/0x7e", "100".into()),
+    ] {
+        run(&[
+            "ip",
+            "-n",
+            &node,
+            "rule",
+            "add",
+            "fwmark",
+            mark,
+            "lookup",
+            &table,
+            "priority",
+            &mark_priority,
         ]);
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -263,12 +283,268 @@ fn the_orphan_sweep_removes_announcement_rules_of_links_that_are_gone_and_nothin
         !rules.contains("from 10.77.0.99 "),
         "the stale rule went: {rules}"
     );
+    assert!(
+        !rules.contains("fwmark 0x4/0x7e"),
+        "the stale mark rule went: {rules}"
+    );
+    assert!(rules.contains("fwmark 0x6/0x7e lookup 100"), "{rules}");
     for kept in ["10.77.0.98", "10.77.0.97", "10.77.0.96"] {
         assert!(
             rules.contains(&format!("from {kept} ")),
             "{kept} kept: {rules}"
         );
     }
+    drop(runtime);
+    lab.down().unwrap();
+}
+
+const POD_ADDRESS: &str = "10.244.0.2";
+const DNAT_MAC: &str = "02:cc:00:00:09:02";
+
+/// `nft ARGS...` in `netns`; its output.
+fn nft(netns: &str, args: &[&str]) -> String {
+    let mut all = vec!["ip", "netns", "exec", netns, "nft"];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
+/// Whether `nft list table ip NAME` finds the table in `netns`.
+fn nft_table(netns: &str, name: &str) -> Option<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "nft", "list", "table", "ip", name])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// kube-proxy's part: the ingress IP DNATed to a pod. The node has an address of its own in the
+/// leased subnet on the parent (its main table reaches the client through the parent) and strict
+/// rp_filter; the pod's replies must still leave with the lease's MAC, through the address's
+/// macvlan, marked by our nftables table, which goes when the address does. Nobody else's table
+/// is touched.
+#[test]
+fn replies_of_a_pod_behind_a_dnat_leave_with_the_lease_mac() {
+    let lab = Lab::up().unwrap();
+    lab.start(Server::Kea, ServerOpts::default()).unwrap();
+    let node = lab.agent_ns();
+    let client = lab.server_ns(SERVER_ADDR_1);
+    let parent = lab.parent().to_string();
+    let pod = lab.add_pod().unwrap();
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &node,
+        "sysctl",
+        "-qw",
+        "net.ipv4.conf.all.rp_filter=1",
+        "net.ipv4.conf.default.rp_filter=1",
+        &format!("net.ipv4.conf.{parent}.rp_filter=1"),
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        &node,
+        "addr",
+        "add",
+        NODE_ADDRESS,
+        "dev",
+        &parent,
+    ]);
+    let parent_mac = mac_of(&node, &parent);
+    let lease_mac: MacAddr = DNAT_MAC.parse().unwrap();
+    let owner = dhcpmanager_engine::instance::InstanceId::derived("test", "dnat");
+    let ours = dhcpmanager_engine::net::reply_mark::table_name(&owner);
+    // A table of ours left by an earlier run (killed): replaced at start.
+    nft(&node, &["add", "table", "ip", &ours]);
+    nft(&node, &["add", "chain", "ip", &ours, "left-over"]);
+    // Somebody else's table, with a chain at the same hook as ours: never touched.
+    nft(&node, &["add", "table", "ip", "foreign"]);
+    nft(
+        &node,
+        &[
+            "add",
+            "chain",
+            "ip",
+            "foreign",
+            "pre",
+            "{",
+            "type",
+            "filter",
+            "hook",
+            "prerouting",
+            "priority",
+            "-150",
+            ";",
+            "}",
+        ],
+    );
+    nft(
+        &node,
+        &[
+            "add", "rule", "ip", "foreign", "pre", "meta", "mark", "0x1", "counter",
+        ],
+    );
+    let foreign_before = nft_table(&node, "foreign").unwrap();
+
+    let pod_ns = NetNs::open(Path::new(&format!("/run/netns/{pod}"))).unwrap();
+    serve_on_node(&pod_ns);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let node_ns = NetNs::open(Path::new(&format!("/run/netns/{node}"))).unwrap();
+    let spec = || {
+        let mut client_config = ClientConfig::new(lease_mac);
+        client_config.hostname = Some("web.shop".into());
+        client_config.ip_assigned = true;
+        AddressSpec {
+            key: "shop/web".into(),
+            parent: parent.clone(),
+            client: client_config,
+        }
+    };
+    let start = |manager: &LeaseManager| {
+        runtime.block_on(async {
+            let mut status = manager.start(spec(), None).await.unwrap();
+            wait_bound(&mut status, Duration::from_secs(30))
+                .await
+                .unwrap()
+                .ip
+        })
+    };
+    let manager = runtime.block_on(async {
+        LeaseManager::new(
+            owner.clone(),
+            ManagerConfig {
+                netns: node_ns.clone(),
+                ..ManagerConfig::default()
+            },
+            Arc::new(|_, _| {}),
+        )
+        .unwrap()
+    });
+    let leased = start(&manager);
+    // kube-proxy: the ingress IP to the pod, before routing.
+    nft(&node, &["add", "table", "ip", "kube"]);
+    nft(
+        &node,
+        &[
+            "add",
+            "chain",
+            "ip",
+            "kube",
+            "pre",
+            "{",
+            "type",
+            "nat",
+            "hook",
+            "prerouting",
+            "priority",
+            "-100",
+            ";",
+            "}",
+        ],
+    );
+    nft(
+        &node,
+        &[
+            "add",
+            "rule",
+            "ip",
+            "kube",
+            "pre",
+            "ip",
+            "daddr",
+            &leased.to_string(),
+            "tcp",
+            "dport",
+            &PORT.to_string(),
+            "dnat",
+            "to",
+            &format!("{POD_ADDRESS}:{PORT}"),
+        ],
+    );
+    let kube_before = nft_table(&node, "kube").unwrap();
+    let table = nft_table(&node, &ours).expect("our table while the address is announced");
+    assert!(!table.contains("left-over"), "{table}");
+    assert!(
+        table.contains(&format!("dhcpmanager: {leased} reply")),
+        "{table}"
+    );
+    let link = dhcpmanager_engine::net::link_name("shop/web");
+    let rp_filter = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &node,
+        "sysctl",
+        "-n",
+        &format!("net.ipv4.conf.{link}.rp_filter"),
+    ]);
+    assert_eq!(rp_filter.trim(), "2", "loose rp_filter on the macvlan");
+    let rules = run(&["ip", "-n", &node, "rule", "show"]);
+    assert!(rules.contains("fwmark 0x2/0x7e lookup"), "{rules}");
+
+    let capture = ArpCapture::start(&client, "lan", PORT, lab.dir().join("dnat.pcap"));
+    let _ = Command::new("ip")
+        .args(["-n", &client, "neigh", "flush", "all"])
+        .status();
+    let body = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &client,
+        "curl",
+        "-s",
+        "--max-time",
+        "10",
+        &format!("http://{leased}:{PORT}/"),
+    ]);
+    assert_eq!(body, "hello\n", "the pod answered through the DNAT");
+    let frames = capture.stop();
+    let seen = announced(&frames, leased);
+    let lease = lease_mac.octets();
+    assert!(
+        !seen.ip_packets_from.is_empty(),
+        "no reply from {leased} captured"
+    );
+    assert!(
+        seen.ip_packets_from.iter().all(|m| *m == Some(lease)),
+        "a reply of the pod left with another MAC than the lease's (the parent is {parent_mac:02x?}): {seen:02x?}"
+    );
+    assert!(
+        !frames.iter().any(|f| f.src_mac == Some(parent_mac)),
+        "the parent's MAC was seen"
+    );
+
+    // Released: our table goes with the last address, the others stay as they were.
+    runtime.block_on(async {
+        manager.release("shop/web").await.unwrap();
+        manager.settle_links().await.unwrap();
+    });
+    assert_eq!(nft_table(&node, &ours), None, "our table after the release");
+    let rules = run(&["ip", "-n", &node, "rule", "show"]);
+    assert!(
+        !rules.contains("fwmark"),
+        "fwmark rule left behind: {rules}"
+    );
+    // Held again, then the instance stops (an agent shutting down or fenced).
+    start(&manager);
+    assert!(nft_table(&node, &ours).is_some());
+    runtime.block_on(manager.stop_all()).unwrap();
+    assert_eq!(nft_table(&node, &ours), None, "our table after stop_all");
+    assert_eq!(
+        nft_table(&node, "foreign").as_deref(),
+        Some(foreign_before.as_str())
+    );
+    assert_eq!(
+        nft_table(&node, "kube").as_deref(),
+        Some(kube_before.as_str())
+    );
     drop(runtime);
     lab.down().unwrap();
 }

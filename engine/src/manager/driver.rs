@@ -258,9 +258,27 @@ impl Driver {
             Ok(()) => self.announced = Some(announcement),
             Err(error) => {
                 warn!(key = %self.key, %error, "isolating the address on its link failed");
+                self.links.count_announce_failure();
                 self.set_error(format!(
                     "announcing {ip} from its link only failed: {error}"
                 ));
+            }
+        }
+        if self.announced.is_some() {
+            let marks = self.links.reply_marks();
+            match announce::mark_replies(self.links.netlink(), marks, &announcement).await {
+                Ok(mark) => {
+                    debug!(key = %self.key, %ip, mark = format!("{mark:#x}"), "replies of DNATed connections marked")
+                }
+                Err(error) => {
+                    // Replies of pods behind kube-proxy may leave with the node's MAC; the
+                    // node's own replies still leave with the lease's.
+                    warn!(key = %self.key, %error, "marking the replies of the address failed");
+                    self.links.count_announce_failure();
+                    self.set_error(format!(
+                        "routing DNATed replies of {ip} out of its link failed: {error}"
+                    ));
+                }
             }
         }
         let (ifindex, mac, netns) = (self.ifindex, self.transport.mac(), self.netns.clone());
@@ -278,9 +296,16 @@ impl Driver {
     /// Removes what [`Driver::announce`] installed (the routes would go with the link, the
     /// rule would not).
     async fn withdraw(&mut self) {
-        if let Some(announcement) = self.announced.take()
-            && let Err(error) = announce::withdraw(self.links.netlink(), &announcement).await
+        let Some(announcement) = self.announced.take() else {
+            return;
+        };
+        let netlink = self.links.netlink();
+        if let Err(error) =
+            announce::unmark_replies(netlink, self.links.reply_marks(), &announcement).await
         {
+            warn!(key = %self.key, %error, "removing the reply marks of the address failed");
+        }
+        if let Err(error) = announce::withdraw(netlink, &announcement).await {
             warn!(key = %self.key, %error, "withdrawing the announcement failed");
         }
     }

@@ -36,6 +36,7 @@ use crate::net::NetNs;
 use crate::net::arp::ProbeTiming;
 use crate::net::links::{self, Links};
 use crate::net::packet_socket::DhcpSocket;
+use crate::net::reply_mark::ReplyMarks;
 use driver::{Command, Driver};
 use owned_links::Claim;
 use transport::{Parents, Transport};
@@ -66,6 +67,9 @@ pub struct ManagerConfig {
     /// macvlan, over one shared socket per parent (see [`transport`]); off: every address gets
     /// its own macvlan, as before.
     pub linkless: bool,
+    /// The connection-mark bits of announced addresses (see [`crate::net::reply_mark`]): each
+    /// announced address takes one value of these bits; must not be 0.
+    pub reply_mark_mask: u32,
 }
 
 impl Default for ManagerConfig {
@@ -79,6 +83,7 @@ impl Default for ManagerConfig {
             netns: NetNs::current(),
             capacity: Capacity::default(),
             linkless: true,
+            reply_mark_mask: crate::net::reply_mark::DEFAULT_MARK_MASK,
         }
     }
 }
@@ -142,7 +147,17 @@ impl LeaseManager {
                 source,
             })??
             .with_retired_group(retired);
-        let links = OwnedLinks::new(netlink, owner, config.link_group);
+        if config.reply_mark_mask == 0 {
+            return Err(Error::ConfigInvalid(
+                "reply-mark-mask".into(),
+                "the reply mark mask must have at least one bit".into(),
+            ));
+        }
+        let marks = ReplyMarks::new(&owner, config.reply_mark_mask, config.netns.clone());
+        let links = OwnedLinks::new(netlink, owner, config.link_group, marks);
+        // Our table of an earlier run (killed before it could remove it) names links of then;
+        // the addresses that resume mark their connections again.
+        links.remove_reply_marks();
         let (events, _) = broadcast::channel(4096);
         Ok(LeaseManager {
             inner: Arc::new(Inner {
@@ -197,6 +212,11 @@ impl LeaseManager {
     /// The live counters (for [`PacketCounters::catch_up`] and the rejections by reason).
     pub fn live_counters(&self) -> &Counters {
         &self.inner.counters
+    }
+
+    /// Announcements that failed in part (the address kept its lease).
+    pub fn announce_failures(&self) -> &prometheus_client::metrics::counter::Counter {
+        self.inner.links.announce_failures()
     }
 
     /// Links re-created after they vanished (the address carried on with its lease).

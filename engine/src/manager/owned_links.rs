@@ -24,6 +24,7 @@ use crate::dhcp::MacAddr;
 use crate::error::Error;
 use crate::instance::InstanceId;
 use crate::net::links::{self, AliasOwner, LinkError, Links, OwnedLink};
+use crate::net::reply_mark::ReplyMarks;
 
 /// The links of one instance. Cheap to clone; clones share claims and the reaper.
 #[derive(Clone)]
@@ -38,6 +39,10 @@ struct Inner {
     reaper: Reaper,
     /// Links re-created after they vanished.
     restored: prometheus_client::metrics::counter::Counter,
+    /// The connection marks of announced addresses (our nftables table).
+    marks: ReplyMarks,
+    /// Announcements that failed in part (ARP settings, rules, marks): the lease was kept.
+    announce_failures: prometheus_client::metrics::counter::Counter,
     /// Names of the links in use (prepared or running), with how many claims each has.
     claimed: Mutex<HashMap<String, usize>>,
 }
@@ -75,8 +80,9 @@ pub struct CreatedLink {
 }
 
 impl OwnedLinks {
-    /// The links `owner` keeps in `group`, over `links`; spawns the reaper on the current runtime.
-    pub fn new(links: Links, owner: InstanceId, group: u32) -> Self {
+    /// The links `owner` keeps in `group`, over `links`, with the reply marks of their
+    /// announced addresses in `marks`; spawns the reaper on the current runtime.
+    pub fn new(links: Links, owner: InstanceId, group: u32, marks: ReplyMarks) -> Self {
         OwnedLinks {
             inner: Arc::new(Inner {
                 reaper: Reaper::spawn(links.clone()),
@@ -84,6 +90,8 @@ impl OwnedLinks {
                 owner,
                 group,
                 restored: Default::default(),
+                marks,
+                announce_failures: Default::default(),
                 claimed: Mutex::new(HashMap::new()),
             }),
         }
@@ -169,6 +177,21 @@ impl OwnedLinks {
     /// Counts one link re-created after it vanished (`dhcpmanager_links_restored_total`).
     pub fn count_restored(&self) {
         self.inner.restored.inc();
+    }
+
+    /// The connection marks of this instance's announced addresses.
+    pub fn reply_marks(&self) -> &ReplyMarks {
+        &self.inner.marks
+    }
+
+    /// Counts one announcement that failed in part (`dhcpmanager_announce_failures_total`).
+    pub fn count_announce_failure(&self) {
+        self.inner.announce_failures.inc();
+    }
+
+    /// The announcements that failed in part so far, for the metrics.
+    pub fn announce_failures(&self) -> &prometheus_client::metrics::counter::Counter {
+        &self.inner.announce_failures
     }
 
     /// The links re-created so far, for the metrics.
@@ -257,13 +280,26 @@ impl OwnedLinks {
     }
 
     /// Deletes every link this instance owns (claimed or not: the caller stopped their
-    /// addresses), and the retired group.
+    /// addresses), the retired group, and our nftables table.
     pub async fn remove_all(&self) -> Result<(), Error> {
         for (link, _) in self.ours().await? {
             self.retire_or_delete(&link).await?;
         }
         self.inner.links.delete_retired().await?;
+        self.remove_reply_marks();
         Ok(())
+    }
+
+    /// Deletes our nftables table if it exists (a failure is logged: no lease depends on it).
+    pub fn remove_reply_marks(&self) {
+        let marks = &self.inner.marks;
+        match marks.remove_table() {
+            Ok(true) => info!(table = marks.table(), "removed our nftables table"),
+            Ok(false) => {}
+            Err(error) => {
+                warn!(table = marks.table(), %error, "removing our nftables table failed")
+            }
+        }
     }
 
     async fn retire_or_delete(&self, link: &OwnedLink) -> Result<(), Error> {

@@ -16,12 +16,15 @@
 //!   table, the subnet and the default route out of the macvlan. Everything the node sends with
 //!   the leased IP as source (replies of sockets bound to it, its own ARP requests) leaves with
 //!   the lease's MAC. Traffic that kube-proxy DNATs to a pod gets its source rewritten only
-//!   after the routing decision; those replies need a connection mark (not done here, see
-//!   docs/engine.md).
+//!   after the routing decision: its replies carry a connection mark ([`super::reply_mark`])
+//!   and a rule `fwmark <mark>/<mask> lookup <table>` sends them the same way.
+//! - **rp_filter**: loose (2) on the macvlan. A DNATed packet is checked against its new
+//!   destination (the pod), which the `from` rule does not match; with strict checking and the
+//!   node's own route to the client via the parent, it would be dropped.
 //! - **Gratuitous ARP** (RFC 5227 announcements) from the macvlan whenever the address is put
 //!   on it: when bound, after an IP change, after a takeover.
 //!
-//! The routes go with the link; the rule is removed when the address is withdrawn.
+//! The routes go with the link; the rules are removed when the address is withdrawn.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -34,9 +37,13 @@ use netlink_packet_route::rule::{RuleAction, RuleAttribute};
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 
 use super::links::{LinkError, Links};
+use super::reply_mark::{self, Marked, ReplyMarks};
 
 /// Priority of our `from <IP>` rules: before the main table's (32766).
 pub const RULE_PRIORITY: u32 = 1000;
+/// Priority of our `fwmark` rules (replies of connections kube-proxy DNATed), next to the
+/// `from` rules.
+pub const MARK_RULE_PRIORITY: u32 = 1001;
 /// Routing tables of announced addresses are `TABLE_BASE + ifindex of the macvlan` ("dh" in
 /// the high bytes: far from the kernel's 253-255 and from what distributions use).
 pub const TABLE_BASE: u32 = 0x6468_0000;
@@ -86,16 +93,26 @@ pub fn isolating_devconf() -> InetDevConf {
     conf
 }
 
-/// Sets `arp_ignore=1`, `arp_announce=2` on the link (idempotent).
-pub async fn isolate_arp(links: &Links, ifindex: u32) -> Result<(), LinkError> {
+/// The settings of the macvlan itself: those of [`isolating_devconf`] and loose `rp_filter`
+/// (2), so that a packet kube-proxy DNATs to a pod is not dropped for arriving on the
+/// macvlan while the node's own route to the client is via the parent. The kernel uses the
+/// larger of the device's and `all`'s value, so 2 wins over a strict `all`.
+pub fn macvlan_devconf() -> InetDevConf {
+    let mut conf = isolating_devconf();
+    conf.rp_filter = 2;
+    conf
+}
+
+/// Sets `conf`'s non-zero settings on the link (idempotent).
+pub async fn set_devconf(links: &Links, ifindex: u32, conf: InetDevConf) -> Result<(), LinkError> {
     let mut request = LinkUnspec::new_with_index(ifindex).build();
     request
         .attributes
         .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
-            AfSpecInet::DevConfRequest(isolating_devconf()),
+            AfSpecInet::DevConfRequest(conf),
         ])]));
     timed(
-        format!("setting arp_ignore/arp_announce on link {ifindex}"),
+        format!("setting arp_ignore/arp_announce/rp_filter on link {ifindex}"),
         links.handle().link().change(request).execute(),
     )
     .await
@@ -114,12 +131,13 @@ pub async fn parent_of(links: &Links, ifindex: u32) -> Result<Option<u32>, LinkE
 }
 
 /// Makes the address answer and reply from its macvlan only: ARP settings on the macvlan and
-/// its parent, the address's routing table and its `from` rule. Idempotent.
+/// its parent, the address's routing table and its `from` rule. Idempotent. The replies of
+/// DNATed connections are [`mark_replies`]'s.
 pub async fn install(links: &Links, announcement: &Announcement) -> Result<(), LinkError> {
     let ifindex = announcement.ifindex;
-    isolate_arp(links, ifindex).await?;
+    set_devconf(links, ifindex, macvlan_devconf()).await?;
     if let Some(parent) = parent_of(links, ifindex).await? {
-        isolate_arp(links, parent).await?;
+        set_devconf(links, parent, isolating_devconf()).await?;
     }
     let table = announcement.table();
     let subnet = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -168,6 +186,135 @@ pub async fn install(links: &Links, announcement: &Announcement) -> Result<(), L
     }
 }
 
+/// Routes the replies of the connections that come in on the macvlan out of it, also those
+/// kube-proxy DNATs to a pod: a mark of the address's own (kept if it has one: a restart), the
+/// rule `fwmark <mark>/<mask> lookup <table>`, and the address's rules in our nftables table.
+/// Idempotent; returns the mark.
+pub async fn mark_replies(
+    links: &Links,
+    marks: &ReplyMarks,
+    announcement: &Announcement,
+) -> Result<u32, LinkError> {
+    // The marks in use are read from the kernel's rules: two addresses of this instance must
+    // not pick the same free one at once.
+    let _allocating = marks.allocating().await;
+    let (ifindex, ip, mask) = (announcement.ifindex, announcement.ip, marks.mask());
+    let table = announcement.table();
+    let rules = mark_rules(links).await?;
+    let mark = match rules
+        .iter()
+        .find(|r| r.table == table && r.mask == mask && r.mark & !mask == 0 && r.mark != 0)
+    {
+        Some(ours) => ours.mark,
+        None => reply_mark::free_mark(mask, |m| rules.iter().any(|r| r.mark & r.mask & mask == m))
+            .ok_or(LinkError::MarksExhausted { ip, mask })?,
+    };
+    let mut rule = links
+        .handle()
+        .rule()
+        .add()
+        .v4()
+        .fw_mark(mark)
+        .table_id(table)
+        .priority(MARK_RULE_PRIORITY)
+        .action(RuleAction::ToTable);
+    rule.message_mut().header.family = AddressFamily::Inet;
+    rule.message_mut()
+        .attributes
+        .push(RuleAttribute::FwMask(mask));
+    match timed(
+        format!("adding the rule fwmark {mark:#x}/{mask:#x} lookup {table}"),
+        rule.execute(),
+    )
+    .await
+    {
+        Err(LinkError::Netlink { source, .. }) if errno_of(&source) == Some(libc::EEXIST) => {}
+        other => other?,
+    }
+    marks
+        .mark(ifindex, Marked { ip, mark })
+        .map_err(|source| LinkError::ReplyMarks { ip, source })?;
+    Ok(mark)
+}
+
+/// A `fwmark` rule at [`MARK_RULE_PRIORITY`], as the kernel lists it.
+struct MarkRule {
+    mark: u32,
+    mask: u32,
+    table: u32,
+    message: netlink_packet_route::rule::RuleMessage,
+}
+
+/// Every IPv4 rule at [`MARK_RULE_PRIORITY`] that matches a mark (ours or not: their marks are
+/// taken either way).
+async fn mark_rules(links: &Links) -> Result<Vec<MarkRule>, LinkError> {
+    let mut found = Vec::new();
+    let mut rules = links
+        .handle()
+        .rule()
+        .get(rtnetlink::IpVersion::V4)
+        .execute();
+    while let Some(rule) = timed_value("listing rules".into(), rules.try_next()).await? {
+        let attribute =
+            |pick: fn(&RuleAttribute) -> Option<u32>| rule.attributes.iter().find_map(pick);
+        let priority = attribute(|a| match a {
+            RuleAttribute::Priority(p) => Some(*p),
+            _ => None,
+        });
+        let mark = attribute(|a| match a {
+            RuleAttribute::FwMark(m) => Some(*m),
+            _ => None,
+        });
+        let mask = attribute(|a| match a {
+            RuleAttribute::FwMask(m) => Some(*m),
+            _ => None,
+        });
+        let table = attribute(|a| match a {
+            RuleAttribute::Table(t) => Some(*t),
+            _ => None,
+        });
+        if let (Some(MARK_RULE_PRIORITY), Some(mark)) = (priority, mark) {
+            found.push(MarkRule {
+                mark,
+                mask: mask.unwrap_or(u32::MAX),
+                table: table.unwrap_or(u32::from(rule.header.table)),
+                message: rule,
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// Stops marking the replies of `announcement`: its nftables rules and its `fwmark` rules go;
+/// what is already gone is not an error. Both are tried whatever fails first.
+pub async fn unmark_replies(
+    links: &Links,
+    marks: &ReplyMarks,
+    announcement: &Announcement,
+) -> Result<(), LinkError> {
+    let ip = announcement.ip;
+    let nftables = marks
+        .unmark(announcement.ifindex)
+        .map_err(|source| LinkError::ReplyMarks { ip, source });
+    let table = announcement.table();
+    let _allocating = marks.allocating().await;
+    for rule in mark_rules(links).await? {
+        if rule.table != table {
+            continue;
+        }
+        match links.handle().rule().del(rule.message).execute().await {
+            Err(e) if !matches!(errno_of(&e), Some(libc::ENOENT)) => {
+                return Err(LinkError::Netlink {
+                    action: format!("removing the rule fwmark {:#x} of {ip}", rule.mark),
+                    source: e,
+                });
+            }
+            _ => {}
+        }
+    }
+    nftables
+}
+
 /// Removes the address's `from` rule and its routes; what is already gone is not an error.
 pub async fn withdraw(links: &Links, announcement: &Announcement) -> Result<(), LinkError> {
     let mut rule = rule_request(links, announcement);
@@ -207,8 +354,9 @@ pub async fn withdraw(links: &Links, announcement: &Announcement) -> Result<(), 
     Ok(())
 }
 
-/// Deletes our `from` rules (priority [`RULE_PRIORITY`], a table of ours) whose macvlan no
-/// longer exists: left behind by a process killed before it could withdraw them (their tables
+/// Deletes our `from` rules (priority [`RULE_PRIORITY`], a table of ours) and our `fwmark`
+/// rules (priority [`MARK_RULE_PRIORITY`], a mark, a table of ours) whose macvlan no longer
+/// exists: left behind by a process killed before it could withdraw them (their tables
 /// went with the links). A rule whose link exists is kept, whoever owns the link, so several
 /// managers on one host never take each other's. Returns how many went.
 pub async fn remove_stale_rules(links: &Links) -> Result<usize, LinkError> {
@@ -229,7 +377,17 @@ pub async fn remove_stale_rules(links: &Links) -> Result<usize, LinkError> {
             RuleAttribute::Table(t) => Some(*t),
             _ => None,
         });
-        if let (Some(RULE_PRIORITY), Some(table)) = (priority, table)
+        let marks = rule
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RuleAttribute::FwMark(_)));
+        let ours = match priority {
+            Some(RULE_PRIORITY) => true,
+            Some(MARK_RULE_PRIORITY) => marks,
+            _ => false,
+        };
+        if ours
+            && let Some(table) = table
             && table & !0xffff == TABLE_BASE
             && !existing.contains(&(table & 0xffff))
         {
@@ -316,6 +474,17 @@ mod tests {
         for reserved in [0, 253, 254, 255] {
             assert_ne!(table_for(7), reserved);
         }
+    }
+
+    #[test]
+    fn the_macvlan_also_gets_loose_rp_filter_and_the_parent_does_not() {
+        let conf = macvlan_devconf();
+        assert_eq!(
+            (conf.arp_ignore, conf.arp_announce, conf.rp_filter),
+            (1, 2, 2)
+        );
+        assert_eq!(isolating_devconf().rp_filter, 0);
+        assert_eq!((conf.forwarding, conf.src_vmark), (0, 0));
     }
 
     #[test]

@@ -69,6 +69,16 @@ pub enum LinkError {
     NotOurs { name: String, alias: Option<String> },
     #[error("retired links may be left over: {0}")]
     NotReaped(String),
+    #[error("marking the replies of {ip} failed: {source}")]
+    ReplyMarks {
+        ip: Ipv4Addr,
+        #[source]
+        source: super::nft::NftError,
+    },
+    #[error(
+        "no reply mark left for {ip}: every mark of the mask {mask:#x} is in use (widen --reply-mark-mask)"
+    )]
+    MarksExhausted { ip: Ipv4Addr, mask: u32 },
     #[error("{action} failed: {source}")]
     Netlink {
         action: String,

@@ -13,10 +13,12 @@ pub mod frame;
 pub mod links;
 #[allow(unsafe_code)]
 pub mod netns;
+pub mod nft;
 #[allow(unsafe_code)]
 pub mod packet_socket;
 #[allow(unsafe_code)]
 pub mod parent_socket;
+pub mod reply_mark;
 
 pub use arp::{ProbeTiming, probe};
 pub use links::{

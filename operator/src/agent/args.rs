@@ -64,6 +64,11 @@ pub struct AgentArgs {
     /// address.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub linkless: bool,
+    /// Connection-mark bits of announced addresses (replies of pods behind kube-proxy leave
+    /// through the address's macvlan): each announced address takes one value of these bits, so
+    /// 0x7e (bits 1-6) allows 63 per node. Keep clear of other users' bits (docs/engine.md).
+    #[arg(long, default_value = "0x7e", value_parser = parse_mark_mask)]
+    pub reply_mark_mask: u32,
     /// Addresses this agent holds at most; more are refused (phase Failed with the reason).
     #[arg(long, default_value_t = dhcpmanager_engine::manager::DEFAULT_MAX_ADDRESSES)]
     pub max_addresses: usize,
@@ -85,4 +90,32 @@ pub struct AgentArgs {
     /// Divide every DHCP protocol wait by this factor (tests only).
     #[arg(long, default_value_t = 1.0, hide = true)]
     pub time_scale: f64,
+}
+
+/// A non-zero 32-bit mask, hexadecimal with `0x` or decimal.
+fn parse_mark_mask(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    match parsed {
+        Ok(0) => Err("the mask needs at least one bit".into()),
+        Ok(mask) => Ok(mask),
+        Err(e) => Err(format!("{text:?} is not a 32-bit mask (e.g. 0x7e): {e}")),
+    }
+}
+
+#[cfg(test)]
+mod mark_mask_tests {
+    use super::parse_mark_mask;
+
+    #[test]
+    fn masks_are_hex_or_decimal_and_never_zero() {
+        assert_eq!(parse_mark_mask("0x7e"), Ok(0x7e));
+        assert_eq!(parse_mark_mask("0XFF000000"), Ok(0xff00_0000));
+        assert_eq!(parse_mark_mask("126"), Ok(0x7e));
+        assert!(parse_mark_mask("0").is_err());
+        assert!(parse_mark_mask("0x").is_err());
+        assert!(parse_mark_mask("0x1ffffffff").is_err());
+    }
 }

@@ -89,6 +89,7 @@ pub async fn run(args: AgentArgs, config: dhcpmanager_engine::config::Config) ->
             burst: args.burst,
             netns,
             linkless: args.linkless,
+            reply_mark_mask: args.reply_mark_mask,
             capacity: dhcpmanager_engine::manager::Capacity {
                 addresses: args.max_addresses,
                 links_per_parent: (args.links_per_parent > 0).then_some(args.links_per_parent),
