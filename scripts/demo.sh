@@ -104,8 +104,11 @@ kubectl get dhcpaddresses -A
 kubectl get macpools
 show "kubectl get events -n shop"
 kubectl get events -n shop
-show "curl -s 127.0.0.1:9342/metrics | grep dhcpmanager_addresses"
-curl -s 127.0.0.1:9342/metrics | grep '^dhcpmanager_addresses' || true
+show "curl -s 127.0.0.1:9342/metrics   (no token: the agent asks the API server about its scrapers)"
+curl -s 127.0.0.1:9342/metrics
+show "curl -s -H 'Authorization: Bearer <admin token>' 127.0.0.1:9342/metrics | grep dhcpmanager_addresses"
+curl -s -H "Authorization: Bearer $(cat "$WORK/cp/admin.token")" 127.0.0.1:9342/metrics \
+  | grep '^dhcpmanager_addresses' || true
 show "kubectl delete dhcpaddress -n shop web"
 kubectl delete dhcpaddress -n shop web
 echo "after the delete: the agent sent DHCPRELEASE, removed the macvlan, returned the MAC:"

@@ -17,12 +17,16 @@ use crate::lab::Lab;
 
 /// Namespace of the agents' coordination Leases (the chart's release namespace).
 pub const AGENT_NAMESPACE: &str = "dhcpmanager";
+/// The ServiceAccount (in [`AGENT_NAMESPACE`]) the tests scrape the agents' /metrics as: bound
+/// to the chart's ClusterRole `dhcpmanager-metrics-reader` through `agent.metrics.readers`.
+pub const METRICS_READER: &str = "prometheus";
 
 pub struct Cluster {
     pub cp: ControlPlane,
     pub lab: Lab,
     agents: Vec<Agent>,
     agent_kubeconfig: PathBuf,
+    metrics_token: Option<String>,
 }
 
 pub struct Agent {
@@ -95,12 +99,14 @@ impl Cluster {
         ])
         .expect("CRDs established");
         let agent_kubeconfig = agent_rbac(&cp, chart_values);
+        let metrics_token = metrics_reader_token(&cp, chart_values);
         let lab = Lab::up().expect("lab up");
         Cluster {
             cp,
             lab,
             agents: Vec::new(),
             agent_kubeconfig,
+            metrics_token,
         }
     }
 
@@ -171,6 +177,23 @@ impl Cluster {
             child,
         });
         self.agents.len() - 1
+    }
+
+    /// A token of [`METRICS_READER`], which may read the agents' /metrics (chart values with
+    /// `agent.metrics.auth=none` ship no reader role: then there is none).
+    pub fn metrics_token(&self) -> &str {
+        self.metrics_token
+            .as_deref()
+            .expect("the chart's metrics reader role (agent.metrics.auth=kubernetes)")
+    }
+
+    /// The text of agent `index`'s /metrics, read with [`Cluster::metrics_token`].
+    pub fn scrape_metrics(&self, index: usize) -> String {
+        let addr = self.agents[index].metrics;
+        let answer = crate::prometheus::get(addr, "/metrics", Some(self.metrics_token()))
+            .unwrap_or_else(|e| panic!("GET http://{addr}/metrics: {e}"));
+        assert_eq!(answer.status, 200, "GET /metrics: {}", answer.body);
+        answer.body
     }
 
     pub fn agent(&self, index: usize) -> &Agent {
@@ -271,4 +294,40 @@ fn agent_rbac(cp: &ControlPlane, chart_values: &[&str]) -> PathBuf {
             rbac.display()
         )
     }
+}
+
+/// [`METRICS_READER`] bound to the chart's metrics reader ClusterRole through the chart's own
+/// `agent.metrics.readers`; returns a TokenRequest token of it. `None` when the chart values
+/// turn /metrics authentication off.
+fn metrics_reader_token(cp: &ControlPlane, chart_values: &[&str]) -> Option<String> {
+    if chart_values.contains(&"agent.metrics.auth=none") {
+        return None;
+    }
+    let kind = "agent.metrics.readers[0].kind=ServiceAccount".to_string();
+    let name = format!("agent.metrics.readers[0].name={METRICS_READER}");
+    let mut values = chart_values.to_vec();
+    values.extend([kind.as_str(), name.as_str()]);
+    let rendered = crate::chart::render_template_with(
+        "templates/rbac-metrics-reader.yaml",
+        AGENT_NAMESPACE,
+        &values,
+    );
+    cp.apply_yaml(&rendered)
+        .expect("metrics reader RBAC applied");
+    Some(service_account_token(cp, AGENT_NAMESPACE, METRICS_READER))
+}
+
+/// A TokenRequest token of ServiceAccount `namespace/name`, created if missing.
+pub fn service_account_token(cp: &ControlPlane, namespace: &str, name: &str) -> String {
+    if cp
+        .try_kubectl(&["-n", namespace, "get", "serviceaccount", name])
+        .is_err()
+    {
+        cp.try_kubectl(&["-n", namespace, "create", "serviceaccount", name])
+            .expect("ServiceAccount created");
+    }
+    cp.try_kubectl(&["-n", namespace, "create", "token", name])
+        .expect("a TokenRequest token")
+        .trim()
+        .to_string()
 }

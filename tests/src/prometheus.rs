@@ -1,4 +1,53 @@
-//! Reading the Prometheus text exposition of our /metrics endpoints (tests and benchmarks).
+//! Reading our /metrics endpoints (tests and benchmarks): fetching them, with a token where the
+//! agent asks for one, and reading the Prometheus text exposition.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// An HTTP answer: status code and body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+/// `GET path` on `addr` (HTTP/1.1, one request per connection), with `Authorization: Bearer
+/// <bearer>` when given: enough for /metrics, /healthz and /readyz.
+pub fn get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> std::io::Result<Answer> {
+    let authorization = bearer.map(|token| format!("Bearer {token}"));
+    get_with(addr, path, authorization.as_deref())
+}
+
+/// [`get`] with this `Authorization` header value, if any.
+pub fn get_with(
+    addr: SocketAddr,
+    path: &str,
+    authorization: Option<&str>,
+) -> std::io::Result<Answer> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+    let authorization = authorization
+        .map(|value| format!("Authorization: {value}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Connection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP answer");
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(bad)?;
+    Ok(Answer {
+        status,
+        body: body.to_string(),
+    })
+}
 
 /// The value of the unlabelled sample `name`, if the text has it.
 pub fn sample(text: &str, name: &str) -> Option<f64> {

@@ -296,6 +296,33 @@ fn default_values_render_least_privilege_agent_and_guarded_api() {
             .any(|a| a.contains("service-controller") || a.contains("load-balancer")),
         "the Service controller is off by default: {args:?}"
     );
+    // Secure by default: /metrics asks the API server about its scrapers (the host network has
+    // no NetworkPolicy), so the agent may ask, and a reader role is there to bind.
+    assert!(args.contains(&"--metrics-auth=kubernetes"), "{args:?}");
+    assert!(args.contains(&"--metrics-addr=0.0.0.0:9342"), "{args:?}");
+    let agent_role = find(&docs, "ClusterRole", "dhcpmanager-agent");
+    let rules = agent_role["rules"].as_array().unwrap();
+    for (group, resource) in [
+        ("authentication.k8s.io", "tokenreviews"),
+        ("authorization.k8s.io", "subjectaccessreviews"),
+    ] {
+        let rule = rules
+            .iter()
+            .find(|r| r["resources"] == serde_json::json!([resource]))
+            .unwrap_or_else(|| panic!("no rule for {resource}: {rules:?}"));
+        assert_eq!(rule["apiGroups"], serde_json::json!([group]));
+        assert_eq!(rule["verbs"], serde_json::json!(["create"]));
+    }
+    let reader = find(&docs, "ClusterRole", "dhcpmanager-metrics-reader");
+    assert_eq!(
+        reader["rules"],
+        serde_json::json!([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}])
+    );
+    assert!(
+        !docs.iter().any(|o| o["kind"] == "ClusterRoleBinding"
+            && o["metadata"]["name"] == "dhcpmanager-metrics-reader"),
+        "nobody is bound to the reader role unless named"
+    );
 
     // The fork's `url: http://dhcpmanager`: Service named after the release, 80 -> 8000.
     let service = find(&docs, "Service", "dhcpmanager");
@@ -472,6 +499,11 @@ fn schema_and_required_values_refuse_bad_input() {
         "/apiserver/auth/token",
     );
     refused(&["--set", "agent.metricsPort=0"], "/agent/metricsPort");
+    refused(&["--set", "agent.metrics.auth=open"], "/agent/metrics/auth");
+    refused(
+        &["--set", "agent.metrics.readers[0].name=prometheus"],
+        "/agent/metrics/readers/0",
+    );
     refused(&["--set", "agent.typo=1"], "typo");
     // A managed key in extraConfig would be a duplicate TOML key.
     refused(
@@ -497,6 +529,60 @@ fn service_monitor_needs_its_api_and_the_value() {
     find(&docs, "ServiceMonitor", "dhcpmanager-apiserver");
     let headless = find(&docs, "Service", "dhcpmanager-agent-metrics");
     assert_eq!(headless["spec"]["clusterIP"], "None");
+    // The agents' /metrics wants a token: the monitor sends one of a ServiceAccount that may
+    // read /metrics and nothing else (it crosses the node network in plain HTTP).
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["authorization"],
+        serde_json::json!({
+            "type": "Bearer",
+            "credentials": {"name": "dhcpmanager-metrics-scraper", "key": "token"}
+        })
+    );
+    let token = find(&docs, "Secret", "dhcpmanager-metrics-scraper");
+    assert_eq!(token["type"], "kubernetes.io/service-account-token");
+    assert_eq!(
+        token["metadata"]["annotations"]["kubernetes.io/service-account.name"],
+        "dhcpmanager-metrics-scraper"
+    );
+    find(&docs, "ServiceAccount", "dhcpmanager-metrics-scraper");
+    let binding = find(&docs, "ClusterRoleBinding", "dhcpmanager-metrics-reader");
+    assert_eq!(binding["roleRef"]["name"], "dhcpmanager-metrics-reader");
+    assert_eq!(
+        binding["subjects"],
+        serde_json::json!([{
+            "kind": "ServiceAccount",
+            "name": "dhcpmanager-metrics-scraper",
+            "namespace": "metallb-system"
+        }])
+    );
+
+    // agent.metrics.auth=none: an open endpoint, no token, no scraper, no review rights.
+    let mut open = with_api.clone();
+    open.extend_from_slice(&["--set", "agent.metrics.auth=none"]);
+    let docs = objects(&render("dhcpmanager", "metallb-system", &open));
+    let monitor = find(&docs, "ServiceMonitor", "dhcpmanager-agent");
+    assert!(monitor["spec"]["endpoints"][0]["authorization"].is_null());
+    for (kind, name) in [
+        ("Secret", "dhcpmanager-metrics-scraper"),
+        ("ServiceAccount", "dhcpmanager-metrics-scraper"),
+        ("ClusterRole", "dhcpmanager-metrics-reader"),
+        ("ClusterRoleBinding", "dhcpmanager-metrics-reader"),
+    ] {
+        assert!(
+            !docs
+                .iter()
+                .any(|o| o["kind"] == kind && o["metadata"]["name"] == name),
+            "{kind}/{name} rendered with agent.metrics.auth=none"
+        );
+    }
+    let agent_role = find(&docs, "ClusterRole", "dhcpmanager-agent").to_string();
+    assert!(!agent_role.contains("tokenreviews"), "{agent_role}");
+    assert!(!agent_role.contains("subjectaccessreviews"), "{agent_role}");
+    let args = container_args(find(&docs, "DaemonSet", "dhcpmanager-agent"));
+    assert!(
+        args.contains(&"--metrics-auth=none".to_string()),
+        "{args:?}"
+    );
 }
 
 #[test]
@@ -670,11 +756,14 @@ fn chart_applies_server_side_with_default_and_non_default_values() {
 }
 
 /// `kubectl auth can-i` as the ServiceAccount's own token (not impersonation). `resource` may
-/// name a subresource as `resource/sub` (kubectl would read that as an object name).
+/// name a subresource as `resource/sub` (kubectl would read that as an object name), or a
+/// non-resource URL as `/path`.
 fn can_i(kubeconfig: &Path, namespace: &str, verb: &str, resource: &str) -> bool {
     let (resource, subresource) = match resource.split_once('/') {
-        Some((resource, sub)) => (resource, Some(format!("--subresource={sub}"))),
-        None => (resource, None),
+        Some((resource, sub)) if !resource.is_empty() => {
+            (resource, Some(format!("--subresource={sub}")))
+        }
+        _ => (resource, None),
     };
     let mut args = vec!["auth", "can-i", "-n", namespace, verb, resource];
     if let Some(sub) = &subresource {
@@ -730,6 +819,14 @@ fn service_accounts_can_do_their_job_and_nothing_more() {
         (&namespace, "create", "leases.coordination.k8s.io"),
         (&namespace, "update", "leases.coordination.k8s.io"),
         (&namespace, "watch", "leases.coordination.k8s.io"),
+        // agent.metrics.auth=kubernetes (the default): who a /metrics scraper is, and whether
+        // it may read.
+        (&namespace, "create", "tokenreviews.authentication.k8s.io"),
+        (
+            &namespace,
+            "create",
+            "subjectaccessreviews.authorization.k8s.io",
+        ),
     ];
     assert_access(&agent, "agent", true, &agent_may);
     let agent_must_not = [
@@ -835,6 +932,53 @@ fn service_accounts_can_do_their_job_and_nothing_more() {
     must(
         &mut kubectl(&api, &["-n", &elsewhere, "delete", "dhcpaddress", "web"]),
         None,
+    );
+}
+
+/// `agent.metrics.readers` may get the agents' /metrics (and nothing more); the agent may ask the
+/// API server about scrapers only while `agent.metrics.auth` is `kubernetes`.
+#[test]
+fn metrics_readers_are_bound_and_review_rights_follow_the_auth_mode() {
+    let cp = ControlPlane::shared();
+    let (namespace, _, docs) = install(
+        cp,
+        &[
+            "--set",
+            "agent.metrics.readers[0].kind=ServiceAccount",
+            "--set",
+            "agent.metrics.readers[0].name=prom",
+        ],
+    );
+    assert!(
+        docs.iter().any(|o| o["kind"] == "ClusterRoleBinding"
+            && o["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("-metrics-reader"))),
+        "the readers' binding is rendered"
+    );
+    let prom = cp.service_account_kubeconfig(&namespace, "prom").unwrap();
+    assert!(can_i(&prom, &namespace, "get", "/metrics"));
+    assert!(!can_i(&prom, &namespace, "list", "pods"));
+    assert!(!can_i(&prom, &namespace, "get", "secrets"));
+    let other = cp.service_account_kubeconfig(&namespace, "other").unwrap();
+    assert!(!can_i(&other, &namespace, "get", "/metrics"));
+
+    let (namespace, release, _) = install(cp, &["--set", "agent.metrics.auth=none"]);
+    let agent = cp
+        .service_account_kubeconfig(&namespace, &format!("{release}-dhcpmanager-agent"))
+        .unwrap();
+    assert_access(
+        &agent,
+        "agent with agent.metrics.auth=none",
+        false,
+        &[
+            (&namespace, "create", "tokenreviews.authentication.k8s.io"),
+            (
+                &namespace,
+                "create",
+                "subjectaccessreviews.authorization.k8s.io",
+            ),
+        ],
     );
 }
 
@@ -1434,6 +1578,12 @@ fn helm_install_upgrade_and_uninstall() {
         installed.contains("auth-token: <the token in Secret"),
         "{installed}"
     );
+    assert!(
+        installed.contains(&format!(
+            "bind your scraper to ClusterRole {service}-metrics-reader"
+        )),
+        "{installed}"
+    );
 
     let upgraded = must(
         &mut helm(&[
@@ -1582,6 +1732,8 @@ fn binaries_accept_the_rendered_flags_and_configuration() {
             "--set",
             "agent.metricsPort=19342",
             "--set",
+            "agent.metrics.bindHostIP=true",
+            "--set",
             "agent.macPool.macs={02:aa:bb:cc:dd:01}",
             "--set",
             "agent.serviceController.enabled=true",
@@ -1610,10 +1762,25 @@ fn binaries_accept_the_rendered_flags_and_configuration() {
     assert!(agent_args.contains(&"--burst=20".to_string()));
     assert!(agent_args.contains(&"--service-controller".to_string()));
     assert!(agent_args.contains(&"--default-load-balancer".to_string()));
+    assert!(agent_args.contains(&"--metrics-auth=kubernetes".to_string()));
+    let agent_env =
+        find(&docs, "DaemonSet", "dhcpmanager-agent")["spec"]["template"]["spec"]["containers"][0]
+            ["env"]
+            .as_array()
+            .unwrap()
+            .clone();
+    assert!(
+        agent_env.iter().any(|e| e["name"] == "HOST_IP"
+            && e["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"),
+        "{agent_env:?}"
+    );
+    assert!(
+        agent_args.contains(&"--metrics-addr=$(HOST_IP):19342".to_string()),
+        "{agent_args:?}"
+    );
+    // What the kubelet makes of $(HOST_IP) on an IPv6 node (the agent stops before it binds).
     for arg in agent_args.iter_mut() {
-        if arg.starts_with("--metrics-addr=") {
-            *arg = "--metrics-addr=127.0.0.1:0".into();
-        }
+        *arg = arg.replace("$(HOST_IP)", "fd00::7");
     }
     let (stderr, exited) = run_rendered(
         &dhcpmanager_tests::binaries::operator(),

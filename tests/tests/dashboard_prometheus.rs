@@ -116,6 +116,8 @@ struct Target {
     job: &'static str,
     address: String,
     labels: &'static [(&'static str, &'static str)],
+    /// Sent as `Authorization: Bearer` (the agent's /metrics asks for a Kubernetes token).
+    bearer: Option<String>,
 }
 
 /// A real Prometheus on 127.0.0.1 of `netns` (root namespace if None), scraping every second.
@@ -137,8 +139,20 @@ impl Prometheus {
                     .iter()
                     .map(|(k, v)| format!("{k}: {v:?}"))
                     .collect();
+                let authorization = t
+                    .bearer
+                    .as_ref()
+                    .map(|token| {
+                        let file = dir.0.join(format!("{}.token", t.job));
+                        std::fs::write(&file, token).unwrap();
+                        format!(
+                            "    authorization:\n      credentials_file: {:?}\n",
+                            file.display().to_string()
+                        )
+                    })
+                    .unwrap_or_default();
                 format!(
-                    "  - job_name: {:?}\n    static_configs:\n      - targets: [{:?}]\n        labels: {{{}}}\n",
+                    "  - job_name: {:?}\n{authorization}    static_configs:\n      - targets: [{:?}]\n        labels: {{{}}}\n",
                     t.job,
                     t.address,
                     labels.join(", ")
@@ -524,6 +538,9 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             job: "agent",
             address: cluster.agent(agent).metrics.to_string(),
             labels: &[("node", "node-a")],
+            // The agent's /metrics takes a token the Kubernetes API vouches for (its default,
+            // agent.metrics.auth=kubernetes): the reader the chart's ClusterRole is bound to.
+            bearer: Some(cluster.metrics_token().to_string()),
         }],
     );
     let mut api_prometheus = Prometheus::start(
@@ -533,6 +550,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             job: "apiserver",
             address: format!("127.0.0.1:{APISERVER_PORT}"),
             labels: &[],
+            bearer: None,
         }],
     );
     // Samples from before the events, so the one-off increases show in rate().

@@ -1,6 +1,6 @@
 //! The agent's command-line flags (and their environment variables).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use clap::Args;
@@ -37,9 +37,26 @@ pub struct AgentArgs {
     /// client id claims, and a release gives away, that host's lease).
     #[arg(long, env = "DHCP_ALLOW_CUSTOM_IDENTITY")]
     pub allow_custom_identity: bool,
-    /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, default_value = "0.0.0.0:9342")]
+    /// Address of /metrics, /healthz and /readyz (e.g. the node's IP, or 127.0.0.1 where only
+    /// a local collector scrapes and no kubelet probes them).
+    #[arg(
+        long,
+        alias = "metrics-bind-address",
+        default_value = "0.0.0.0:9342",
+        value_parser = listen_addr
+    )]
     pub metrics_addr: SocketAddr,
+    /// Who may read /metrics. kubernetes: a bearer token that the API server authenticates
+    /// (TokenReview) and authorises for `get` on the non-resource URL /metrics
+    /// (SubjectAccessReview); none: anyone who reaches the port. /healthz and /readyz are always
+    /// open.
+    #[arg(
+        long,
+        env = "DHCP_METRICS_AUTH",
+        value_enum,
+        default_value = "kubernetes"
+    )]
+    pub metrics_auth: super::metrics_auth::MetricsAuth,
     /// How long the agent's Lease is valid without renewal (and so the longest API outage that
     /// does not pause DHCP renewals and announcements). 15 s, as Kubernetes' own leader
     /// election: node loss to takeover is ~20 s (measured; was ~50 s with 40 s / 10 s / 10 s).
@@ -117,5 +134,47 @@ mod mark_mask_tests {
         assert!(parse_mark_mask("0").is_err());
         assert!(parse_mark_mask("0x").is_err());
         assert!(parse_mark_mask("0x1ffffffff").is_err());
+    }
+}
+
+/// `IP:port`, an IPv6 address bracketed or not: the chart passes `$(HOST_IP):port`, and the
+/// node's IP may be either family.
+fn listen_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let (ip, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?}: expected IP:port"))?;
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|_| format!("{text:?}: {ip:?} is not an IP address"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{text:?}: {port:?} is not a port"))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod listen_addr_tests {
+    use super::listen_addr;
+
+    #[test]
+    fn listen_addresses_of_either_family() {
+        assert_eq!(
+            listen_addr("0.0.0.0:9342").unwrap().to_string(),
+            "0.0.0.0:9342"
+        );
+        assert_eq!(
+            listen_addr("[fd00::5]:9342").unwrap().to_string(),
+            "[fd00::5]:9342"
+        );
+        assert_eq!(
+            listen_addr("fd00::5:9342").unwrap().to_string(),
+            "[fd00::5]:9342"
+        );
+        for bad in ["", "9342", "node-a:9342", "10.0.0.1:", "10.0.0.1:70000"] {
+            assert!(listen_addr(bad).is_err(), "{bad:?}");
+        }
     }
 }

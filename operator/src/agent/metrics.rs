@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::http::header;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use dhcpmanager_crds::Phase;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -14,6 +15,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use dhcpmanager_engine::metrics::EngineMetrics;
+
+use super::metrics_auth::Verdict;
+use super::metrics_gate::{Access, MetricsGate};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabel {
@@ -115,23 +119,21 @@ impl Metrics {
     }
 }
 
-/// The server of /metrics, /healthz and /readyz, bound and ready to be spawned.
+/// The server of /metrics, /healthz and /readyz, bound and ready to be spawned. `/metrics` is
+/// behind `gate`; the probes stay open (the kubelet calls them without a token, and they tell
+/// nothing but "up" and "holding the Lease").
 pub fn server(
     addr: std::net::SocketAddr,
     metrics: Arc<Metrics>,
+    gate: Arc<MetricsGate>,
 ) -> std::io::Result<actix_web::dev::Server> {
     let state = web::Data::from(metrics);
+    let gate = web::Data::from(gate);
     HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .route(
-                "/metrics",
-                web::get().to(|metrics: web::Data<Metrics>| async move {
-                    HttpResponse::Ok()
-                        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-                        .body(metrics.render())
-                }),
-            )
+            .app_data(gate.clone())
+            .route("/metrics", web::get().to(scrape))
             .route(
                 "/healthz",
                 web::get().to(|| async { HttpResponse::Ok().body("ok\n") }),
@@ -151,4 +153,36 @@ pub fn server(
     .disable_signals()
     .bind(addr)
     .map(|server| server.run())
+}
+
+async fn scrape(
+    request: HttpRequest,
+    metrics: web::Data<Metrics>,
+    gate: web::Data<MetricsGate>,
+) -> HttpResponse {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    match gate.check(authorization).await {
+        Access::Granted(Verdict::Allowed) => HttpResponse::Ok()
+            .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(metrics.render()),
+        Access::Granted(Verdict::Unauthenticated) => HttpResponse::Unauthorized()
+            .insert_header((
+                header::WWW_AUTHENTICATE,
+                "Bearer realm=\"dhcpmanager-agent\"",
+            ))
+            .body(
+                "401 Unauthorized: /metrics needs `Authorization: Bearer <token>` with a \
+                 Kubernetes token the API server accepts (e.g. a ServiceAccount's)\n",
+            ),
+        Access::Granted(Verdict::Forbidden { user }) => HttpResponse::Forbidden().body(format!(
+            "403 Forbidden: {user} may not get /metrics; bind it to a ClusterRole allowing \
+             `get` on nonResourceURLs [\"/metrics\"] (the chart ships <release>-metrics-reader)\n"
+        )),
+        Access::Unavailable(problem) => HttpResponse::ServiceUnavailable().body(format!(
+            "503 Service Unavailable: cannot check the scraper's token: {problem}\n"
+        )),
+    }
 }

@@ -7,7 +7,8 @@
 //!   which agent transmits for an address;
 //! - [`follower`]: one task per running address, from engine status and events to
 //!   [`status`] (pure) via [`status_writer`], [`events`] (pure) via [`event_writer`], and
-//!   [`metrics`].
+//!   [`metrics`], whose `/metrics` only scrapers the API server vouches for read
+//!   ([`metrics_auth`] (pure) via [`metrics_gate`]).
 
 pub mod args;
 pub mod context;
@@ -16,6 +17,8 @@ pub mod events;
 pub mod follower;
 pub mod mac_pool;
 pub mod metrics;
+pub mod metrics_auth;
+pub mod metrics_gate;
 pub mod ownership;
 pub mod reconcile;
 pub mod status;
@@ -25,6 +28,8 @@ pub mod status_writer;
 pub(crate) mod fixtures;
 #[cfg(test)]
 mod mac_pool_tests;
+#[cfg(test)]
+mod metrics_auth_tests;
 #[cfg(test)]
 mod reconcile_tests;
 
@@ -147,8 +152,15 @@ pub async fn run(args: AgentArgs, config: dhcpmanager_engine::config::Config) ->
         pool_locks: Default::default(),
     });
 
+    if args.metrics_auth == metrics_auth::MetricsAuth::None {
+        warn!(
+            addr = %args.metrics_addr,
+            "UNAUTHENTICATED /metrics (--metrics-auth=none): anyone who reaches this address reads it"
+        );
+    }
+    let gate = Arc::new(metrics_gate::MetricsGate::new(args.metrics_auth, &client));
     let metrics_server =
-        metrics::server(args.metrics_addr, metrics.clone()).map_err(|e| Error::Flag {
+        metrics::server(args.metrics_addr, metrics.clone(), gate).map_err(|e| Error::Flag {
             flag: "--metrics-addr",
             problem: format!("cannot listen on {}: {e}", args.metrics_addr),
         })?;

@@ -213,8 +213,11 @@ struct AgentCounters {
 }
 
 impl AgentCounters {
-    fn scrape(addr: std::net::SocketAddr) -> AgentCounters {
-        let text = metrics_text(addr).unwrap_or_default();
+    fn scrape(addr: std::net::SocketAddr, token: &str) -> AgentCounters {
+        let text = metrics_text(addr, token).unwrap_or_else(|error| {
+            eprintln!("bench_agent: scraping the agent: {error}");
+            String::new()
+        });
         let sum_of = |name: &str| prometheus::sum_of(&text, name);
         AgentCounters {
             bound: sum_of("dhcpmanager_time_to_bound_seconds_count"),
@@ -259,14 +262,16 @@ impl AgentCounters {
     }
 }
 
-fn metrics_text(addr: std::net::SocketAddr) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text)?;
-    Ok(text)
+fn metrics_text(addr: std::net::SocketAddr, token: &str) -> std::io::Result<String> {
+    let answer = prometheus::get(addr, "/metrics", Some(token))?;
+    if answer.status == 200 {
+        Ok(answer.body)
+    } else {
+        Err(std::io::Error::other(format!(
+            "/metrics answered {}: {}",
+            answer.status, answer.body
+        )))
+    }
 }
 
 // --- the phases --------------------------------------------------------------------------------
@@ -450,20 +455,21 @@ fn run(args: &Args) -> Result<Report> {
     let kubeconfig = cluster.cp.kubeconfig_path();
 
     let metrics_addr = cluster.agent(0).metrics;
+    let token = cluster.metrics_token().to_string();
     let rt = runtime();
     let (one, many) = rt.block_on(async {
         let client = kube_client(&kubeconfig).await?;
         let api: Api<DhcpAddress> = Api::namespaced(client, NAMESPACE);
         let (tx, seen) = watch::channel(Seen::default());
         let watching = tokio::spawn(watch_addresses(api.clone(), tx));
-        let before = AgentCounters::scrape(metrics_addr);
+        let before = AgentCounters::scrape(metrics_addr, &token);
         let one = one_at_a_time(&api, &seen, args.samples).await;
-        let between = AgentCounters::scrape(metrics_addr);
+        let between = AgentCounters::scrape(metrics_addr, &token);
         let many = match &one {
             Ok(_) => Some(many_at_once(&api, &seen, args.many).await),
             Err(_) => None,
         };
-        let after = AgentCounters::scrape(metrics_addr);
+        let after = AgentCounters::scrape(metrics_addr, &token);
         watching.abort();
         let (mut one, mut many) = (one?, many.expect("ran after the single series")?);
         one.agent = between.since(&before);
