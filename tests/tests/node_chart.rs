@@ -148,6 +148,14 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
         "agent.macPool.ranges[0].count=16",
         "--set",
         "apiserver.replicas=1",
+        // The agents' /metrics asks the API server about its scrapers (the default): this
+        // ServiceAccount may read it.
+        "--set",
+        "agent.metrics.readers[0].kind=ServiceAccount",
+        "--set",
+        "agent.metrics.readers[0].name=scraper",
+        "--set",
+        "agent.metrics.readers[0].namespace=monitoring",
         "--wait",
         "--timeout",
         "180s",
@@ -168,6 +176,42 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
     assert!(
         !logs.contains('\u{1b}'),
         "no terminal escape codes in the pod's log:\n{logs}"
+    );
+
+    // --- /metrics on the node's network: only for a token the API server allows ------------
+    // (the pod's in-cluster credentials make the TokenReview and SubjectAccessReview; the
+    // kubelet's probes, which carry no token, made the pod Ready above).
+    let metrics = |token: Option<&str>| {
+        let mut curl = node.in_node("curl");
+        curl.args(["-sS", "--max-time", "30", "-w", "\n%{http_code}"]);
+        if let Some(token) = token {
+            curl.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        let out = curl
+            .arg("http://127.0.0.1:9342/metrics")
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+        (code.trim().to_string(), body.to_string())
+    };
+    node.kubectl(&["create", "namespace", "monitoring"]);
+    let token_of = |sa: &str| {
+        node.kubectl(&["-n", "monitoring", "create", "serviceaccount", sa]);
+        node.kubectl(&["-n", "monitoring", "create", "token", sa])
+            .trim()
+            .to_string()
+    };
+    let (code, body) = metrics(None);
+    assert_eq!(code, "401", "{body}");
+    let (code, body) = metrics(Some(&token_of("stranger")));
+    assert_eq!(code, "403", "{body}");
+    let (code, body) = metrics(Some(&token_of("scraper")));
+    assert_eq!(code, "200", "{body}");
+    // No address yet: the figures that exist from the start.
+    assert!(
+        body.contains("dhcpmanager_time_to_bound_seconds_count 0"),
+        "{body}"
     );
 
     // --- DhcpAddresses, bound from Kea with the right hostnames -----------------------------
