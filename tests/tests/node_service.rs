@@ -2,9 +2,11 @@
 //! on), a Deployment behind a Service of class `dhcpmanager.io/dhcp`, kube-proxy in iptables
 //! mode. From a client on the DHCP segment (the lab server's namespace), `curl` of the ingress
 //! IP reaches the pod; a capture on the client shows the lease's MAC, and no other, answering
-//! ARP for the address and carrying the HTTP replies. Deleting the Service releases the lease
-//! (DHCPRELEASE), removes the macvlan and returns the MAC. Prints how long Service → ingress and
-//! Service → first successful curl took (figures, not assertions).
+//! ARP for the address and carrying the HTTP replies, although the node has an address of its
+//! own in the leased subnet (the pod's replies follow the agent's connection marks). Deleting the
+//! Service releases the lease (DHCPRELEASE), removes the macvlan, our nftables table and returns
+//! the MAC. Prints how long Service → ingress and Service → first successful curl took (figures,
+//! not assertions).
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -21,6 +23,19 @@ use dhcpmanager_tests::pcap;
 use serde_json::Value;
 
 const STEP: Duration = Duration::from_secs(120);
+/// The node's own address on the parent, in the leased subnet (outside the DHCP range).
+const NODE_ADDRESS: &str = "10.77.0.5/24";
+/// The agent's nftables table (`dhcpmanager-<owner>`, owner `agent-<node name>`).
+const AGENT_TABLE: &str = "dhcpmanager-agent-dm-node";
+
+fn agent_table(node: &Node) -> bool {
+    node.in_node("nft")
+        .args(["list", "table", "ip", AGENT_TABLE])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
 const CURL_MAX_TIME: Duration = Duration::from_secs(3);
 
 fn ingress(node: &Node) -> Option<Ipv4Addr> {
@@ -46,6 +61,15 @@ fn a_load_balancer_service_is_reached_from_the_segment_through_the_lease_mac_onl
     )
     .expect("Kea on the segment");
     let client = lab.server_ns(SERVER_ADDR_1);
+    // The node has an address of its own in the leased subnet: its main table reaches the
+    // client through the parent, which the replies of the pod (DNATed by kube-proxy) must not
+    // take (docs/engine.md, "Replies of connections kube-proxy DNATs").
+    let added = node
+        .in_node("ip")
+        .args(["addr", "replace", NODE_ADDRESS, "dev", "lab0"])
+        .status()
+        .unwrap();
+    assert!(added.success(), "the node's own address on lab0");
     let segment = SegmentCapture::start(&node, "segment");
 
     install_chart(&node, 16);
@@ -112,6 +136,10 @@ fn a_load_balancer_service_is_reached_from_the_segment_through_the_lease_mac_onl
         seen.ip_packets_from.iter().all(|m| *m == Some(lease_mac)),
         "every reply from {ip} carries the lease's MAC: {seen:02x?}"
     );
+    assert!(
+        agent_table(&node),
+        "the agent marks the address's connections"
+    );
 
     // Delete: the garbage collector deletes the address, its finalizer releases the lease.
     node.kubectl(&[
@@ -130,6 +158,10 @@ fn a_load_balancer_service_is_reached_from_the_segment_through_the_lease_mac_onl
         active_lease(&lab.leases(Server::Kea).unwrap(), ip).is_none()
     });
     node.wait_until("the macvlan gone", STEP, || agent_links(&node).is_empty());
+    assert!(
+        !agent_table(&node),
+        "the agent's nftables table went with the address"
+    );
     let pool: Value =
         serde_json::from_str(&node.kubectl(&["get", "macpool", "default", "-o", "json"])).unwrap();
     assert_eq!(pool["status"]["used"], 0, "the MAC is back: {pool}");
