@@ -5,6 +5,30 @@ use std::process::Command;
 
 use crate::controlplane::tools_bin_dir;
 
+/// A stand-in for the Prometheus Operator's CRD: enough for the server to accept (and so
+/// validate the envelope of) the chart's ServiceMonitors.
+pub const SERVICE_MONITOR_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: servicemonitors.monitoring.coreos.com
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {plural: servicemonitors, singular: servicemonitor, kind: ServiceMonitor}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            x-kubernetes-preserve-unknown-fields: true
+"#;
+
 /// The release name the tests install the chart as.
 pub const RELEASE: &str = "dhcpmanager";
 /// The agent's ServiceAccount in that release.

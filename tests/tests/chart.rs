@@ -16,29 +16,7 @@ use serde_json::Value;
 /// (no version stamped in), and `.Capabilities` should describe the server the tests apply to.
 const KUBE_VERSION: &str = "1.34.4";
 
-/// A stand-in for the Prometheus Operator's CRD: enough for the server to accept (and so
-/// validate the envelope of) the chart's ServiceMonitors.
-const SERVICE_MONITOR_CRD: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: servicemonitors.monitoring.coreos.com
-spec:
-  group: monitoring.coreos.com
-  scope: Namespaced
-  names: {plural: servicemonitors, singular: servicemonitor, kind: ServiceMonitor}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema:
-        type: object
-        properties:
-          spec:
-            type: object
-            x-kubernetes-preserve-unknown-fields: true
-"#;
+use dhcpmanager_tests::chart::SERVICE_MONITOR_CRD;
 
 fn chart_dir() -> PathBuf {
     repo_root().join("charts/dhcpmanager")

@@ -97,6 +97,26 @@ fn macvlans(node: &Node) -> Vec<String> {
 
 /// `kubectl logs -f` of a pod into a file: what the container wrote up to its very end, also
 /// after the pod object is gone.
+/// `base64 -d` of a Secret's value, as text.
+fn base64_decode(encoded: &str) -> String {
+    let decoded = std::process::Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(encoded.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("base64 -d");
+    String::from_utf8_lossy(&decoded.stdout).into_owned()
+}
+
 fn follow_logs(node: &Node, pod: &str, file: &Path) -> Child {
     Command::new(tools_bin_dir().join("kubectl"))
         .arg("--kubeconfig")
@@ -127,6 +147,14 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
 
     // --- helm install, as the chart's README says, with the image we built -------------------
     node.kubectl(&["create", "namespace", NAMESPACE]);
+    // The Prometheus Operator's API (a stand-in CRD), so the chart ships its ServiceMonitor and
+    // the scraper token it sends to the agents.
+    node.apply(dhcpmanager_tests::chart::SERVICE_MONITOR_CRD);
+    node.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/servicemonitors.monitoring.coreos.com",
+    ]);
     let chart = repo_root().join("charts/dhcpmanager");
     node.helm(&[
         "install",
@@ -156,6 +184,8 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
         "agent.metrics.readers[0].name=scraper",
         "--set",
         "agent.metrics.readers[0].namespace=monitoring",
+        "--set",
+        "serviceMonitor.enabled=true",
         "--wait",
         "--timeout",
         "180s",
@@ -208,6 +238,36 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
     assert_eq!(code, "403", "{body}");
     let (code, body) = metrics(Some(&token_of("scraper")));
     assert_eq!(code, "200", "{body}");
+    // The ServiceMonitor's token: kube-controller-manager fills the chart's scraper Secret.
+    let monitor = node.json(&[
+        "-n",
+        NAMESPACE,
+        "get",
+        "servicemonitor",
+        "dhcpmanager-agent",
+    ]);
+    let credentials = &monitor["spec"]["endpoints"][0]["authorization"]["credentials"];
+    assert_eq!(
+        credentials["name"], "dhcpmanager-metrics-scraper",
+        "{monitor}"
+    );
+    let secret_token = || {
+        let encoded = node.kubectl(&[
+            "-n",
+            NAMESPACE,
+            "get",
+            "secret",
+            "dhcpmanager-metrics-scraper",
+            "-o",
+            "jsonpath={.data.token}",
+        ]);
+        (!encoded.trim().is_empty()).then(|| base64_decode(encoded.trim()))
+    };
+    node.wait_until("the scraper's token Secret is filled in", STEP, || {
+        secret_token().is_some()
+    });
+    let (code, body) = metrics(Some(&secret_token().unwrap()));
+    assert_eq!(code, "200", "the ServiceMonitor's token: {body}");
     // No address yet: the figures that exist from the start.
     assert!(
         body.contains("dhcpmanager_time_to_bound_seconds_count 0"),
@@ -267,22 +327,7 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
         "-o",
         "jsonpath={.data.token}",
     ]);
-    let decoded = std::process::Command::new("base64")
-        .arg("-d")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(encoded.trim().as_bytes())?;
-            child.wait_with_output()
-        })
-        .expect("base64 -d");
-    let token_header = format!("X-Auth-Token: {}", String::from_utf8_lossy(&decoded.stdout));
+    let token_header = format!("X-Auth-Token: {}", base64_decode(encoded.trim()));
     let post = node
         .in_node("curl")
         .args([
