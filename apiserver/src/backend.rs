@@ -27,6 +27,11 @@ pub trait Backend: Send + Sync + 'static {
         deadline: Instant,
     ) -> BoxFuture<'_, Result<Allocation, BackendError>>;
 
+    /// The answer of a successful `allocate` was written to its requester's connection. The
+    /// standalone backend records that: until then a crash leaves the allocation shown as
+    /// unconfirmed (docs/apiserver.md).
+    fn answered(&self, _id: &str) {}
+
     /// Give the address back (DHCPRELEASE, link and MAC returned). `NotFound` for an unknown IP.
     fn release(&self, ip: Ipv4Addr) -> BoxFuture<'_, Result<Allocation, BackendError>>;
 

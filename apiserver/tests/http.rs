@@ -45,6 +45,13 @@ async fn fork_allocates_and_returns_an_address_with_a_token() {
         3,
         "exactly ip, id, status: {body}"
     );
+    // Reported once the answer was written (just after the client could read it).
+    let started = std::time::Instant::now();
+    while running.backend.answered_ids().is_empty() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(running.backend.answered_ids(), vec![id.clone()]);
 
     let status = running.backend.status().await.unwrap();
     assert_eq!(status.allocations[0].hostname, "web.default");

@@ -447,6 +447,11 @@ fn a_restart_resumes_the_same_addresses_without_discover() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A crash mid-POST: the allocation is on disk as Pending before its DISCOVER, with no lease
+/// (the confirming write never came), while the server may have committed the lease. The next
+/// start asks the server for that MAC again and releases what comes back. A Pending record that
+/// carries its lease (a store restored from a backup, or written by an older version) is
+/// released from the record.
 #[test]
 fn an_allocation_left_pending_by_a_crash_is_released_at_open() {
     let lab = Lab::up().expect("lab up");
@@ -454,30 +459,29 @@ fn an_allocation_left_pending_by_a_crash_is_released_at_open() {
     let dir = state_dir("pending");
     let macs = pool(2);
 
-    let bound = lifetime(&lab, |rt| {
+    let (with_record, cut_off) = lifetime(&lab, |rt| {
         rt.block_on(async {
             let backend = open(options(&lab, &dir, macs.clone())).await;
-            backend.allocate("default/web", deadline()).await.unwrap()
+            let first = backend.allocate("default/web", deadline()).await.unwrap();
+            let second = backend.allocate("default/api", deadline()).await.unwrap();
+            (first, second)
         })
     });
-    let ip = bound.ip.unwrap();
-    lab.wait_for_leases(Server::Kea, "lease active", POLL_LIMIT, |l| {
-        active_lease(l, ip).is_some()
+    let ips = [with_record.ip.unwrap(), cut_off.ip.unwrap()];
+    lab.wait_for_leases(Server::Kea, "leases active", POLL_LIMIT, |l| {
+        ips.iter().all(|ip| active_lease(l, *ip).is_some())
     });
-    // Rewrite the store as if a crash had come between the ACK and the answer with the lease on
-    // disk as Pending (the backend itself stores nothing before the confirmation, but a store
-    // may hold such records, e.g. restored from a backup): the lease is held, the client never
-    // learnt the address, so it is released. Plus one without a lease: forgotten.
     let (store, loaded) = Store::open(&dir).unwrap();
-    let mut pending = loaded.allocations[0].clone();
-    pending.phase = Phase::Pending;
-    pending.handed_out_ip = None;
-    store.save_allocation(&pending).unwrap();
-    let mut unbound = pending.clone();
-    unbound.id = uuid::Uuid::new_v4().to_string();
-    unbound.mac = pool_mac(2);
-    unbound.record = None;
-    store.save_allocation(&unbound).unwrap();
+    for mut stored in loaded.allocations {
+        stored.phase = Phase::Pending;
+        stored.handed_out_ip = None;
+        stored.answered = false;
+        if stored.id == cut_off.id {
+            // What `allocate` writes before the DISCOVER: the MAC, no lease.
+            stored.record = None;
+        }
+        store.save_allocation(&stored).unwrap();
+    }
 
     lifetime(&lab, |rt| {
         rt.block_on(async {
@@ -486,14 +490,14 @@ fn an_allocation_left_pending_by_a_crash_is_released_at_open() {
             assert!(status.allocations.is_empty(), "{status:?}");
             assert_eq!(status.available_macs, macs);
             assert!(backend.manager().keys().is_empty());
-            // The release's link was retired; the runtime's end must not leave it behind.
+            // The releases' links were retired; the runtime's end must not leave them behind.
             settle(&backend).await;
         })
     });
     assert!(stored_ids(&dir).is_empty());
     assert!(our_links(&lab).is_empty(), "{:?}", our_links(&lab));
-    lab.wait_for_leases(Server::Kea, "the pending lease released", POLL_LIMIT, |l| {
-        active_lease(l, ip).is_none()
+    lab.wait_for_leases(Server::Kea, "both leases released", POLL_LIMIT, |l| {
+        ips.iter().all(|ip| active_lease(l, *ip).is_none())
     });
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -951,8 +955,8 @@ fn readyz_fails_while_the_parent_interface_is_missing() {
 
 /// What a crash between the confirming write and the answer leaves (docs/apiserver.md): the
 /// allocation is held and renewed with its IP (its requester may be announcing it), and shown as
-/// unconfirmed on /v1/status and /metrics until someone DELETEs it. An answered POST is recorded
-/// as answered.
+/// unconfirmed on /v1/status and /metrics until someone DELETEs it. A POST is recorded as
+/// answered once its answer was written to the connection, not before.
 #[test]
 fn an_allocation_a_crash_left_unanswered_is_held_and_shown_unconfirmed() {
     let lab = Lab::up().expect("lab up");
@@ -963,9 +967,24 @@ fn an_allocation_a_crash_left_unanswered_is_held_and_shown_unconfirmed() {
     let bound = lifetime(&lab, |rt| {
         rt.block_on(async {
             let backend = open(options(&lab, &dir, macs.clone())).await;
-            let bound = backend.allocate("default/web", deadline()).await.unwrap();
-            // The answered mark is written in the background, after the answer.
-            let id = bound.id.clone();
+            // Taken by the backend alone, nobody was answered: unconfirmed while it runs too.
+            let direct = backend
+                .allocate("default/direct", deadline())
+                .await
+                .unwrap();
+            let status = backend.status().await.unwrap();
+            assert!(status.allocations[0].unconfirmed, "{status:?}");
+            backend.release(direct.ip.unwrap()).await.unwrap();
+
+            let (http, address) =
+                http::bind(common::test_config(), backend.clone()).expect("binds");
+            let handle = http.handle();
+            tokio::spawn(http);
+            let answer = common::fork_post(address, "/v1/ip", "default/web", None).await;
+            let json = answer.assert_compact_json();
+            assert_eq!(json["status"], "success", "{json}");
+            // The answered mark is written in the background, after the answer went out.
+            let id = json["id"].as_str().unwrap().to_string();
             wait_until(|| {
                 Store::peek(&dir)
                     .unwrap()
@@ -976,7 +995,8 @@ fn an_allocation_a_crash_left_unanswered_is_held_and_shown_unconfirmed() {
             .await;
             let status = backend.status().await.unwrap();
             assert!(!status.allocations[0].unconfirmed, "{status:?}");
-            bound
+            handle.stop(true).await;
+            status.allocations[0].clone()
         })
     });
     let ip = bound.ip.unwrap();

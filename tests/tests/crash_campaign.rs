@@ -6,9 +6,9 @@
 //! (b) every other allocation comes from a POST that was cut off and is shown `"Unconfirmed":
 //!     true` (docs/apiserver.md, "what a crash leaves"); the test then DELETEs it, as an
 //!     operator would;
-//! (c) Kea's active leases for the pool's MACs are the held allocations (polled: Kea writes a
-//!     release a moment after it gets it), plus leases of cut-off POSTs on free MACs, which
-//!     docs/apiserver.md says run out at the server (counted as leaked).
+//! (c) Kea's active leases for the pool's MACs are exactly the allocations shown (polled: Kea
+//!     writes a release a moment after it gets it): a cut-off POST's lease was released by the
+//!     restart. Leases beyond them are counted as leaked and fail the test at the end.
 //!
 //! The random moments come from a seeded generator; the seed is printed, and
 //! `CRASH_CAMPAIGN_SEED=<n>` replays a campaign. Needs root, Kea and the workspace's binaries
@@ -37,7 +37,7 @@ const HELD_TARGET: usize = 6;
 /// Safety net for one request or one start (not a timing assertion).
 const STEP: Duration = Duration::from_secs(30);
 /// Safety net for Kea's database to show a release or a renewal.
-const KEA_SETTLES: Duration = Duration::from_secs(2);
+const KEA_SETTLES: Duration = Duration::from_secs(10);
 
 fn pool() -> Vec<String> {
     (1..=POOL_SIZE)
@@ -394,7 +394,7 @@ fn free_port(ns: &str) -> u16 {
 }
 
 #[test]
-fn kill_9_mid_burst_never_loses_an_answered_address() {
+fn kill_9_mid_burst_never_loses_an_answered_address_nor_leaks_a_lease() {
     let seed = seed();
     eprintln!("crash campaign: seed {seed} (CRASH_CAMPAIGN_SEED={seed} replays it)");
     let mut rng = Rng(seed);
@@ -590,6 +590,7 @@ fn kill_9_mid_burst_never_loses_an_answered_address() {
         "  leases active at Kea for no allocation (leaked): {}",
         tally.leaked
     );
+    assert_eq!(tally.leaked, 0, "Kea kept leases no allocation holds");
     assert!(
         tally.posts_cut_off > 0 && tally.posts_answered > 0,
         "the kills never fell inside a burst: {tally:?}"
@@ -621,15 +622,6 @@ fn wait_for_kea(
             );
             let leaked: BTreeSet<(String, Ipv4Addr)> =
                 active.difference(expected).cloned().collect();
-            // docs/apiserver.md: a POST cut off after its lease was bound but before it was
-            // durable leaves that lease at the server, renewed by nobody, on a free MAC.
-            for (mac, ip) in &leaked {
-                assert!(
-                    !expected.iter().any(|(m, i)| m == mac || i == ip),
-                    "Kea's lease {ip} of {mac} overlaps an allocation: {}",
-                    context()
-                );
-            }
             eprintln!("  Kea holds leases for no allocation after {KEA_SETTLES:?}: {leaked:?}");
             return leaked;
         }

@@ -38,6 +38,8 @@ pub struct FakeBackend {
 #[derive(Default)]
 struct FakeState {
     allocations: Vec<Allocation>,
+    /// Ids `Backend::answered` reported, in order.
+    answered: Vec<String>,
     free_macs: BTreeSet<MacAddr>,
     issued: u32,
 }
@@ -65,6 +67,11 @@ impl FakeBackend {
     pub fn synthesizing_macs(mut self) -> Self {
         self.synthesize_macs = true;
         self
+    }
+
+    /// The allocations whose answer the HTTP layer reported written, in order.
+    pub fn answered_ids(&self) -> Vec<String> {
+        self.state.lock().unwrap().answered.clone()
     }
 
     pub fn set_behaviour(&self, behaviour: FakeBehaviour) {
@@ -159,6 +166,10 @@ impl FakeBackend {
 }
 
 impl Backend for FakeBackend {
+    fn answered(&self, id: &str) {
+        self.state.lock().unwrap().answered.push(id.to_string());
+    }
+
     fn allocate(
         &self,
         service: &str,

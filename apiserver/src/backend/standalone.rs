@@ -9,8 +9,10 @@
 //! - an address handed out is renewed until it is DELETEd, across restarts: the store records it
 //!   as Confirmed with its lease record, and `open` resumes it (INIT-REBOOT for the same IP);
 //! - a crash mid-DELETE is finished at the next `open`: the lease is released; a crash mid-POST
-//!   leaves no allocation (nothing is stored before the confirmed record, which the answer
-//!   waits for), only a lease nobody renews, which the server reclaims when it expires;
+//!   leaves no allocation and no lease: the allocation is on disk (Pending, naming its MAC)
+//!   before its first DISCOVER, and `open` asks the server again for that MAC and releases
+//!   whatever lease it gets back (the answer waits for the confirmed record, so such a POST was
+//!   never answered);
 //! - a lease that moves to another IP (the server's decision after a NAK) is logged as an error
 //!   and counted, never silent.
 //!
@@ -28,7 +30,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use dhcpmanager_engine::dhcp::{ClientConfig, ClientIdMode, LeaseRecord};
@@ -50,6 +52,10 @@ use book::{Begun, Book, RecordChange, to_api};
 use spares::SpareLinks;
 use store::{Phase, SkippedFile, Store, StoreError, StoredAllocation};
 use writer::{StoreWriter, written};
+
+/// How long a start waits for the server to hand back the lease of a POST a crash cut off (see
+/// [`Core::reclaim`]); the reclaims run side by side.
+const RECLAIM_WAIT: Duration = Duration::from_secs(10);
 
 /// What the DHCP client of every allocation sends, beyond MAC and hostname.
 #[derive(Debug, Clone)]
@@ -373,6 +379,8 @@ impl Core {
             }
             self.forget_on_disk(&stored.id).await;
         }
+        futures::future::join_all(plan.reclaim.into_iter().map(|stored| self.reclaim(stored)))
+            .await;
         for stored in plan.resume {
             let spec = self.spec(&stored);
             let record = stored.record.clone();
@@ -389,6 +397,36 @@ impl Core {
                 Err(error) => error!(%id, %error, "cannot resume a handed-out address"),
             }
         }
+    }
+
+    /// A POST a crash cut off during its DHCP exchange: the server may have committed a lease for
+    /// its MAC that nothing on disk names. Asking again for the MAC gets that lease back (a
+    /// server offers a client the address it holds), which is then released; without a leak the
+    /// server sees a lease made and released at once.
+    async fn reclaim(&self, stored: StoredAllocation) {
+        let id = stored.id.clone();
+        match self.manager.start(self.spec(&stored), None).await {
+            Ok(mut status) => match wait_bound(&mut status, RECLAIM_WAIT).await {
+                Ok(record) => {
+                    info!(%id, service = %stored.service, mac = %stored.mac, ip = %record.ip,
+                        "releasing the lease of a POST a crash cut off");
+                    if let Err(error) = self.manager.release(&id).await {
+                        error!(%id, %error, "releasing the cut-off POST's lease failed");
+                    }
+                }
+                Err(error) => {
+                    warn!(%id, mac = %stored.mac, %error,
+                        "no lease came back for a POST a crash cut off; a lease the server may hold runs out unrenewed");
+                    if let Err(error) = self.manager.stop(&id, true).await {
+                        warn!(%id, %error, "stopping the reclaim failed");
+                    }
+                }
+            },
+            Err(error) => {
+                error!(%id, %error, "cannot ask the server for the lease of a POST a crash cut off")
+            }
+        }
+        self.forget_on_disk(&id).await;
     }
 
     async fn forget_on_disk(&self, id: &str) {
@@ -449,12 +487,23 @@ impl Core {
         };
         let id = stored.id.clone();
         self.shared.notify();
-        // No record reaches the disk before the lease is confirmed: until the ACK there is no
-        // lease a record could release after a crash, and a record at the ACK would put a
-        // second write in front of the answer. A crash mid-POST thus leaves a lease nobody
-        // renews (the server reclaims it when it expires), an empty record file and a link, both
-        // removed at the next start; never an address handed out and then forgotten, because
-        // the answer waits for the confirmed record below.
+        // On disk before the first DISCOVER: from then on the server may commit a lease for this
+        // MAC that a crash leaves behind, and this record (Pending, no lease) is how the next
+        // start finds the MAC and releases that lease (`Core::reclaim`). The lease itself is not
+        // recorded until the confirming write below, which the answer waits for: a crash before
+        // it leaves no allocation, and never an address handed out and then forgotten.
+        if let Err(problem) = written(self.shared.writer.save(stored.clone())).await {
+            if let Some(link) = spare_link
+                && let Err(error) = self.manager.discard(link).await
+            {
+                warn!(%id, %error, "cannot delete the spare link; the next start sweeps it");
+            }
+            self.withdraw(&id, false).await;
+            let _ = answer.send(Err(BackendError::Unavailable(format!(
+                "cannot record the allocation: {problem}"
+            ))));
+            return;
+        }
         let spec = self.spec(&stored);
         let started = match spare_link {
             Some(link) => self.manager.start_prepared(spec, None, link).await,
@@ -500,18 +549,11 @@ impl Core {
         let allocation = self.shared.book().get(&id).map(to_api);
         match (outcome, allocation) {
             (Ok(()), Some(allocation)) => {
+                // Marked answered only once the answer reached the connection
+                // (`Backend::answered`): a crash before then leaves it shown as unconfirmed.
                 if answer.send(Ok(allocation)).is_err() {
                     info!(%id, "the requester left before the answer: withdrawing the address");
                     self.withdraw(&id, true).await;
-                } else {
-                    // The handler has the answer: record that, in the background (the answer
-                    // must not wait for a second write). A crash before this write lands leaves
-                    // the allocation held and shown as unconfirmed.
-                    let answered = self.shared.book().mark_answered(&id);
-                    if let Some(stored) = answered {
-                        self.shared.writer.save_in_background(stored);
-                    }
-                    self.shared.notify();
                 }
             }
             (outcome, _) => {
@@ -638,6 +680,17 @@ impl Backend for StandaloneBackend {
                 ))
             })
         })
+    }
+
+    /// Recorded in the background: the answer is out already, and a crash before this write
+    /// lands leaves the allocation held and shown as unconfirmed, which is still true to what
+    /// the store knows.
+    fn answered(&self, id: &str) {
+        let answered = self.core.shared.book().mark_answered(id);
+        if let Some(stored) = answered {
+            self.core.shared.writer.save_in_background(stored);
+            self.core.shared.notify();
+        }
     }
 
     fn release(&self, ip: Ipv4Addr) -> BoxFuture<'_, Result<Allocation, BackendError>> {

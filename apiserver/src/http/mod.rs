@@ -3,6 +3,7 @@
 //! and the original's wire shapes. Everything below `http` reads shared data from [`AppState`].
 
 pub mod auth;
+pub mod delivered;
 pub mod double_slash;
 pub mod metrics;
 pub mod openapi;

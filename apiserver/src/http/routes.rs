@@ -125,11 +125,14 @@ async fn obtain_ip(state: web::Data<AppState>, body: web::Json<Value>) -> HttpRe
                 tracing::info!(service, %ip, id = allocation.id, "address bound");
                 let answer = IpAnswer {
                     ip: ip.to_string(),
-                    id: allocation.id,
+                    id: allocation.id.clone(),
                     status: SUCCESS,
                     error: None,
                 };
-                wire::json(StatusCode::OK, &answer)
+                let backend = state.backend.clone();
+                wire::json_then(StatusCode::OK, &answer, move || {
+                    backend.answered(&allocation.id)
+                })
             }
             None => {
                 // A backend bug; say so rather than hand out nothing as "success".

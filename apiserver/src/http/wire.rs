@@ -6,6 +6,8 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::delivered::Delivered;
+
 pub const SUCCESS: &str = "success";
 pub const ERROR: &str = "error";
 pub const TIMEOUT: &str = "timeout";
@@ -58,11 +60,26 @@ pub struct ErrorAnswer {
 }
 
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> HttpResponse {
-    let mut text = serde_json::to_string(body).expect("answer types always serialise");
-    text.push('\n');
     HttpResponse::build(status)
         .content_type("application/json")
-        .body(text)
+        .body(json_text(body))
+}
+
+/// [`json`] that runs `on_delivered` once the answer was written to the connection.
+pub fn json_then<T: Serialize>(
+    status: StatusCode,
+    body: &T,
+    on_delivered: impl FnOnce() + Unpin + 'static,
+) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("application/json")
+        .body(Delivered::new(json_text(body), on_delivered))
+}
+
+fn json_text<T: Serialize>(body: &T) -> String {
+    let mut text = serde_json::to_string(body).expect("answer types always serialise");
+    text.push('\n');
+    text
 }
 
 /// An error answer shaped for the route it concerns: /v1/ip errors keep the `ip`/`id` shape (a

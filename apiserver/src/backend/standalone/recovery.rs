@@ -14,6 +14,10 @@ pub struct RecoveryPlan {
     /// Never handed out (a crash mid-POST) or being released (a crash mid-DELETE), with a lease
     /// the server may still hold: send DHCPRELEASE, then forget them.
     pub release: Vec<StoredAllocation>,
+    /// Cut off by a crash during their POST's DHCP exchange, before any lease was recorded: the
+    /// server may hold one for the MAC that nothing on disk names. Ask for it again (the server
+    /// gives a client back the lease it holds), release it, then forget them.
+    pub reclaim: Vec<StoredAllocation>,
     /// Forget without telling the server, with the reason.
     pub forget: Vec<(StoredAllocation, String)>,
 }
@@ -49,6 +53,14 @@ pub fn plan(loaded: Vec<StoredAllocation>, now: DateTime<Utc>) -> RecoveryPlan {
             plan.forget.push((allocation, reason));
         } else if valid_lease {
             plan.release.push(allocation);
+        } else if allocation.phase == Phase::Pending {
+            // One client per MAC: a second reclaim of it would fight the first.
+            if plan.reclaim.iter().any(|r| r.mac == allocation.mac) {
+                let reason = format!("its MAC {} is reclaimed already", allocation.mac);
+                plan.forget.push((allocation, reason));
+            } else {
+                plan.reclaim.push(allocation);
+            }
         } else {
             let reason = format!("{:?} without a valid lease", allocation.phase);
             plan.forget.push((allocation, reason));
@@ -102,7 +114,8 @@ mod tests {
     }
 
     #[test]
-    fn confirmed_resume_unfinished_with_a_lease_are_released_the_rest_forgotten() {
+    fn confirmed_resume_unfinished_with_a_lease_are_released_pending_reclaimed_the_rest_forgotten()
+    {
         let plan = plan(
             vec![
                 allocation("confirmed", 1, Phase::Confirmed, Some(30)),
@@ -111,13 +124,15 @@ mod tests {
                 allocation("pending-unbound", 4, Phase::Pending, None),
                 allocation("releasing", 5, Phase::Releasing, Some(30)),
                 allocation("pending-expired", 6, Phase::Pending, Some(-1)),
+                allocation("releasing-expired", 7, Phase::Releasing, Some(-1)),
             ],
             Utc::now(),
         );
         assert_eq!(ids(&plan.resume), ["confirmed", "confirmed-expired"]);
         assert_eq!(ids(&plan.release), ["pending-bound", "releasing"]);
+        assert_eq!(ids(&plan.reclaim), ["pending-unbound", "pending-expired"]);
         let forgotten: Vec<&str> = plan.forget.iter().map(|(a, _)| a.id.as_str()).collect();
-        assert_eq!(forgotten, ["pending-unbound", "pending-expired"]);
+        assert_eq!(forgotten, ["releasing-expired"]);
     }
 
     #[test]
@@ -127,12 +142,20 @@ mod tests {
                 allocation("first", 1, Phase::Confirmed, Some(30)),
                 allocation("second", 1, Phase::Confirmed, Some(30)),
                 allocation("pending", 1, Phase::Pending, Some(30)),
+                allocation("pending-unbound", 1, Phase::Pending, None),
+                allocation("cut-off", 2, Phase::Pending, None),
+                allocation("cut-off-again", 2, Phase::Pending, None),
             ],
             Utc::now(),
         );
         assert_eq!(ids(&plan.resume), ["first"]);
         assert!(plan.release.is_empty(), "a release would end first's lease");
-        assert_eq!(plan.forget.len(), 2);
+        assert_eq!(
+            ids(&plan.reclaim),
+            ["cut-off"],
+            "a reclaim of MAC 1 would too"
+        );
+        assert_eq!(plan.forget.len(), 4);
         assert!(plan.forget[0].1.contains("first"), "{:?}", plan.forget);
     }
 }
