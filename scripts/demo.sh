@@ -7,7 +7,11 @@
 #   2. the original's REST API: `dhcpmanager-apiserver --standalone` on the "node", then
 #      POST /v1/ip as the MetalLB fork sends it, GET /v1/status, DELETE /v1/ip;
 #   3. Kubernetes: a real kube-apiserver on loopback, the CRDs and the chart's RBAC, the agent,
-#      `kubectl apply` of a DhcpAddress, `kubectl get dhcpaddresses`, delete.
+#      `kubectl apply` of a DhcpAddress, `kubectl get dhcpaddresses`, delete;
+#   4. a LoadBalancer Service: `kubectl create service loadbalancer` gets its EXTERNAL-IP from the
+#      DHCP server, a client on the segment reaches it through the lease's own MAC, and deleting
+#      the Service releases the lease. (No kubelet here, so no pod behind it: the test suite's
+#      node_service test runs that part on a real node.)
 # Everything it starts is stopped and removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,11 +84,17 @@ kubectl apply --server-side -f charts/dhcpmanager/crds/ >/dev/null
 kubectl wait --for=condition=Established crd/dhcpaddresses.dhcpmanager.io crd/macpools.dhcpmanager.io >/dev/null
 kubectl create namespace dhcpmanager >/dev/null
 helm template dhcpmanager charts/dhcpmanager --namespace dhcpmanager --kube-version 1.34.4 \
-  --show-only templates/rbac-agent.yaml | kubectl apply -f - >/dev/null
+  --set agent.serviceController.enabled=true --show-only templates/rbac-agent.yaml \
+  | kubectl apply -f - >/dev/null
+# Owner references need the garbage collector (a deleted Service takes its DhcpAddress along).
+"$(command -v kube-controller-manager)" --kubeconfig "$KUBECONFIG" --controllers=garbagecollector \
+  --leader-elect=false --secure-port=0 --use-service-account-credentials=false \
+  >"$WORK/gc.log" 2>&1 &
+PIDS+=($!)
 tests/k8s/sa-kubeconfig.sh "$WORK/cp" dhcpmanager dhcpmanager-agent "$WORK/agent.kubeconfig" >/dev/null
 KUBECONFIG=$WORK/agent.kubeconfig NODE_NAME=demo-node POD_NAMESPACE=dhcpmanager \
   "$BIN/dhcpmanager-operator" agent --config "$WORK/dhcpmanager.toml" --link-netns "/run/netns/$LAB-ag" \
-  --metrics-addr 127.0.0.1:9342 >"$WORK/agent.log" 2>&1 &
+  --metrics-addr 127.0.0.1:9342 --service-controller --default-load-balancer >"$WORK/agent.log" 2>&1 &
 PIDS+=($!)
 kubectl create namespace shop >/dev/null
 show "kubectl apply -f - (DhcpAddress shop/web, spec.service: shop/web)"
@@ -112,5 +122,31 @@ curl -s -H "Authorization: Bearer $(cat "$WORK/cp/admin.token")" 127.0.0.1:9342/
 show "kubectl delete dhcpaddress -n shop web"
 kubectl delete dhcpaddress -n shop web
 echo "after the delete: the agent sent DHCPRELEASE, removed the macvlan, returned the MAC:"
+kubectl get macpools
+
+say "4. a LoadBalancer Service (the agent runs with --service-controller --default-load-balancer)"
+show "kubectl -n shop create service loadbalancer shop-front --tcp=80:8080"
+kubectl -n shop create service loadbalancer shop-front --tcp=80:8080
+kubectl wait -n shop --for=jsonpath='{.status.loadBalancer.ingress[0].ip}' service/shop-front \
+  --timeout=60s >/dev/null 2>&1 || true
+lbip=$(kubectl -n shop get service shop-front -o jsonpath='{.status.loadBalancer.ingress[0].ip}')
+[ -n "$lbip" ] || { echo "no ingress IP; the agent's log ends with:" >&2; tail -30 "$WORK/agent.log" >&2; exit 1; }
+show "kubectl -n shop get service shop-front ; kubectl -n shop get dhcpaddress shop-front"
+kubectl -n shop get service shop-front
+kubectl -n shop get dhcpaddress shop-front
+leasemac=$(kubectl -n shop get dhcpaddress shop-front -o jsonpath='{.status.mac}')
+show "ip netns exec $LAB-srv curl -sS --connect-timeout 2 http://$lbip/   (a client on the segment)"
+ip netns exec "$LAB-srv" curl -sS --connect-timeout 2 "http://$lbip/" 2>&1 || true
+echo "(refused by the node's kernel: the address is reachable; kube-proxy would forward it to a pod)"
+show "ip -n $LAB-srv neigh show $lbip   (who answered ARP for it)"
+ip -n "$LAB-srv" neigh show "$lbip"
+echo "the lease's MAC is $leasemac; the node's own lab0 is $(ip -n "$LAB-ag" -o link show lab0 | sed -n 's/.*link\/ether \([0-9a-f:]*\).*/\1/p')"
+echo "Kea's lease database (hostname shop-front.shop):"
+tests/lab/lab.sh leases "$LAB" kea | grep "\"$lbip\"" | tail -1
+show "kubectl -n shop delete service shop-front"
+kubectl -n shop delete service shop-front
+kubectl wait -n shop --for=delete dhcpaddress/shop-front --timeout=60s >/dev/null 2>&1 || true
+echo "after the delete: the garbage collector deleted the Service's DhcpAddress, the agent released the lease:"
+tests/lab/lab.sh leases "$LAB" kea | grep "\"$lbip\"" | tail -1
 kubectl get macpools
 say "done: everything the demo started is being stopped and removed"
