@@ -56,6 +56,9 @@ pub struct Config {
     /// Standalone: addresses on macvlans of the parent at most; 0: half of the kernel's
     /// `net.core.netdev_max_backlog`.
     pub links_per_parent: usize,
+    /// Standalone: the connection-mark bits of announced addresses (the agent's
+    /// `--reply-mark-mask`, see [`crate::net::reply_mark`]).
+    pub reply_mark_mask: u32,
 }
 
 impl Default for Config {
@@ -85,6 +88,7 @@ impl Default for Config {
             linkless: true,
             max_addresses: crate::manager::DEFAULT_MAX_ADDRESSES,
             links_per_parent: 0,
+            reply_mark_mask: crate::net::reply_mark::DEFAULT_MARK_MASK,
         }
     }
 }
@@ -123,6 +127,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("linkless", Kind::Bool),
     ("max-addresses", Kind::Integer),
     ("links-per-parent", Kind::Integer),
+    ("reply-mark-mask", Kind::Integer),
 ];
 
 /// Where the file comes from: the default path may be missing, an explicit one may not.
@@ -221,6 +226,9 @@ impl Config {
                 "auth-token",
                 "must not be empty (leave it out to disable auth)",
             );
+        }
+        if self.reply_mark_mask == 0 {
+            return invalid("reply-mark-mask", "needs at least one bit");
         }
         if !self.etcd_prefix.starts_with('/') || !self.etcd_prefix.ends_with('/') {
             return invalid("etcd-prefix", "must start and end with '/'");
@@ -362,6 +370,19 @@ mod tests {
         assert_eq!(config.macs.len(), 2);
         assert_eq!(config.macs[0].to_string(), "56:6a:e2:0b:01:8d");
         assert_eq!(config.request_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn the_reply_mark_mask_is_hex_in_the_file_decimal_in_the_environment_and_never_zero() {
+        assert_eq!(load("", &[], &[]).unwrap().reply_mark_mask, 0x7e);
+        let config = load("reply-mark-mask = 0xff000000\n", &[], &[]).unwrap();
+        assert_eq!(config.reply_mark_mask, 0xff00_0000);
+        let config = load("", &[("DHCP_REPLY_MARK_MASK", "3840")], &[]).unwrap();
+        assert_eq!(config.reply_mark_mask, 0xf00);
+        for text in ["reply-mark-mask = 0\n", "reply-mark-mask = 0x1ffffffff\n"] {
+            let error = load(text, &[], &[]).unwrap_err().to_string();
+            assert!(error.contains("reply-mark-mask"), "{error}");
+        }
     }
 
     #[test]

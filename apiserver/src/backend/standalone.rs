@@ -114,6 +114,7 @@ impl StandaloneOptions {
                 rate_per_second: f64::from(config.dhcp_rate),
                 burst: config.dhcp_burst,
                 linkless: config.linkless,
+                reply_mark_mask: config.reply_mark_mask,
                 capacity: Capacity {
                     addresses: config.max_addresses,
                     links_per_parent: (config.links_per_parent > 0)
