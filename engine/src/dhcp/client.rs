@@ -51,8 +51,9 @@ pub struct Client {
     sends: u32,
     record: Option<LeaseRecord>,
     offer: Option<Offer>,
-    /// An ACKed lease waiting for the ARP probe.
-    probing: Option<LeaseRecord>,
+    /// An ACKed lease waiting for the ARP probe. Boxed: probing is rare and short, and the
+    /// client sits in every address's task.
+    probing: Option<Box<LeaseRecord>>,
     /// The last address held, for DISCOVER's option 50 and IpChanged.
     last_ip: Option<Ipv4Addr>,
     /// A record found expired on resume, reported on start().
@@ -273,7 +274,7 @@ impl Client {
         if self.state != State::Probing {
             return actions;
         }
-        let Some(record) = self.probing.take() else {
+        let Some(record) = self.probing.take().map(|record| *record) else {
             return actions;
         };
         if !conflict {
@@ -298,7 +299,7 @@ impl Client {
             return actions;
         }
         let held = match self.state {
-            State::Probing => self.probing.take(),
+            State::Probing => self.probing.take().map(|record| *record),
             State::Bound
             | State::Renewing
             | State::Rebinding
@@ -396,7 +397,7 @@ impl Client {
         let record = self.record_from(reply, meta);
         if self.state == State::Requesting && self.cfg.arp_probe {
             let ip = record.ip;
-            self.probing = Some(record);
+            self.probing = Some(Box::new(record));
             self.set_state(State::Probing, actions);
             self.deadline = None;
             actions.push(Action::Probe(ip));

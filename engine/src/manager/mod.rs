@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::warn;
 
@@ -89,7 +89,8 @@ impl Default for ManagerConfig {
 }
 
 struct Running {
-    commands: mpsc::Sender<Command>,
+    /// Its one command (release or stop); the task ends after it.
+    commands: oneshot::Sender<Command>,
     status: watch::Receiver<AddressStatus>,
     task: JoinHandle<()>,
     mac: crate::dhcp::MacAddr,
@@ -238,6 +239,16 @@ impl LeaseManager {
         if !self.needs_link(spec.client.ip_assigned) {
             return self.start_linkless(spec, record);
         }
+        // Boxed: making a link awaits rtnetlink several times, which would make every caller's
+        // start future (one per address being started, thousands at once) KiBs larger.
+        Box::pin(self.start_with_link(spec, record)).await
+    }
+
+    async fn start_with_link(
+        &self,
+        spec: AddressSpec,
+        record: Option<LeaseRecord>,
+    ) -> Result<watch::Receiver<AddressStatus>, Error> {
         let link = self
             .prepare(&spec.key, &spec.parent, spec.client.mac)
             .await?;
@@ -430,7 +441,7 @@ impl LeaseManager {
             finished: false,
             link_missing: false,
         });
-        let (commands_tx, commands_rx) = mpsc::channel(1);
+        let (commands_tx, commands_rx) = oneshot::channel();
         let driver = Driver {
             key: spec.key.clone(),
             client,
@@ -481,14 +492,14 @@ impl LeaseManager {
     /// retired group); other instances' links stay.
     pub async fn stop_all(&self) -> Result<(), Error> {
         let all: Vec<(String, Running)> = self.lock().drain().collect();
-        for (_, running) in &all {
-            let (done, wait) = oneshot::channel();
-            if running.commands.send(Command::Stop(done)).await.is_ok() {
-                let _ = wait.await;
-            }
-        }
+        let mut stopping = Vec::with_capacity(all.len());
         for (_, running) in all {
-            let _ = running.task.await;
+            // A task that ended already (its receiver gone) has nothing left to stop.
+            let _ = running.commands.send(Command::Stop);
+            stopping.push(running.task);
+        }
+        for task in stopping {
+            let _ = task.await;
         }
         self.inner.links.remove_all().await
     }
@@ -498,15 +509,13 @@ impl LeaseManager {
             .lock()
             .remove(key)
             .ok_or_else(|| Error::UnknownAddress(key.to_owned()))?;
-        let (done, wait) = oneshot::channel();
         let command = if release {
-            Command::Release(done)
+            Command::Release
         } else {
-            Command::Stop(done)
+            Command::Stop
         };
-        if running.commands.send(command).await.is_ok() {
-            let _ = wait.await;
-        }
+        // The task ends once it has carried the command out (or had ended already).
+        let _ = running.commands.send(command);
         let _ = running.task.await;
         if remove_link && running.claim.is_some() {
             // The status has the current index: a driver re-creates a link that vanished.

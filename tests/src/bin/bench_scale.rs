@@ -5,8 +5,8 @@
 //! links: a macvlan per address), each level in a fresh process of its own so that its memory
 //! and CPU figures are its own:
 //! - every address started at once with the rate limit lifted: time to all Bound;
-//! - held for `--hold-secs` (default 60): RSS per held lease, CPU per renewal and % of a core,
-//!   renewals, NAKs, expiries, IP changes;
+//! - held for `--hold-secs` (default 60): anonymous RSS and live heap per held lease, CPU per
+//!   renewal and % of a core, renewals, NAKs, expiries, IP changes;
 //! - restart: the manager stopped without releasing and a new one started from the records at
 //!   the default rate limit (500/s, burst 100): time until all are Bound again, DISCOVERs sent
 //!   (must be none: INIT-REBOOT only) and the highest transmission rate seen.
@@ -185,9 +185,19 @@ struct Level {
     /// First start() → last Bound, rate limit lifted.
     all_bound_s: f64,
     hold_s: f64,
+    /// Whole resident set (`VmRSS`), before the manager and while holding.
     rss_before_kib: u64,
     rss_held_kib: u64,
+    /// Anonymous resident memory (`RssAnon`: heap, stacks; not the binary's own pages, which
+    /// are paged in as code is first used and are no lease's cost).
+    anon_before_kib: u64,
+    anon_held_kib: u64,
+    /// Anonymous resident memory per held lease (after `malloc_trim`).
     kib_per_lease: f64,
+    heap_before_kib: u64,
+    heap_held_kib: u64,
+    /// Live heap per held lease: the part of `kib_per_lease` that is allocated, not fragmentation.
+    heap_kib_per_lease: f64,
     /// Process CPU during the hold.
     hold_cpu_s: f64,
     core_percent: f64,
@@ -227,16 +237,26 @@ struct Report {
 
 // --- one level, in its own process --------------------------------------------------------------
 
-fn rss_kib() -> u64 {
+/// A `kB` line of `/proc/self/status` (`VmRSS`, `RssAnon`, ...).
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Bytes the allocator has handed out and not got back (glibc's `mallinfo2`, all arenas:
+/// in-use chunks plus mmapped ones), in KiB. Beside the RSS it tells live heap from the pages
+/// that free chunks between live ones keep resident.
+fn heap_in_use_kib() -> u64 {
+    // SAFETY: mallinfo2 has no preconditions; it only reads the allocator's statistics.
+    let info = unsafe { libc::mallinfo2() };
+    ((info.uordblks + info.hblkhd) / 1024) as u64
 }
 
 /// utime + stime of this process, in seconds.
@@ -338,7 +358,7 @@ fn config(mode: Mode, rate: f64, burst: u32, addresses: usize) -> ManagerConfig 
 /// refusal, first start → last Bound).
 async fn start_all(
     manager: &LeaseManager,
-    specs: Vec<(AddressSpec, Option<LeaseRecord>)>,
+    specs: impl IntoIterator<Item = (AddressSpec, Option<LeaseRecord>)>,
 ) -> (usize, usize, usize, Option<String>, Duration) {
     enum Outcome {
         Bound(Instant),
@@ -407,22 +427,24 @@ async fn level(child: &ChildArgs, hold: Duration, rate: f64, burst: u32) -> Resu
     let n = child.addresses;
     let records: Records = Arc::default();
     let owner = InstanceId::derived("bench", "scale");
-    let rss_before = rss_kib();
+    let rss_before = status_kib("VmRSS");
+    let anon_before = status_kib("RssAnon");
+    let heap_before = heap_in_use_kib();
     let manager = LeaseManager::new(
         owner.clone(),
         config(child.mode, rate, burst, n),
         persist_into(records.clone()),
     )?;
     let (counts, counter) = count_events(&manager);
-    let specs = (0..n)
-        .map(|i| {
-            let key = format!("scale/{i}");
-            (
-                spec(key, &child.parent, mac_for(child.level_index, false, i)),
-                None,
-            )
-        })
-        .collect();
+    // Made one at a time as they start: a collected Vec of 10,000 specs is a 5 MiB block whose
+    // release raises glibc's trim threshold and so leaves freed memory resident in the figure.
+    let specs = (0..n).map(|i| {
+        let key = format!("scale/{i}");
+        (
+            spec(key, &child.parent, mac_for(child.level_index, false, i)),
+            None,
+        )
+    });
     eprintln!("  starting {n} ({:?})", child.mode);
     let (bound, failed, refused, refusal, wall) = start_all(&manager, specs).await;
     eprintln!(
@@ -436,7 +458,9 @@ async fn level(child: &ChildArgs, hold: Duration, rate: f64, burst: u32) -> Resu
     // stays is what holding the leases costs.
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
-    let rss_held = rss_kib();
+    let rss_held = status_kib("VmRSS");
+    let anon_held = status_kib("RssAnon");
+    let heap_held = heap_in_use_kib();
     let held_counts = counts.lock().unwrap().clone();
     let renewals = held_counts.renewals - renewals_before;
     let packets = manager.counters();
@@ -498,7 +522,12 @@ async fn level(child: &ChildArgs, hold: Duration, rate: f64, burst: u32) -> Resu
         hold_s: hold.as_secs_f64(),
         rss_before_kib: rss_before,
         rss_held_kib: rss_held,
-        kib_per_lease: (rss_held as f64 - rss_before as f64) / bound.max(1) as f64,
+        anon_before_kib: anon_before,
+        anon_held_kib: anon_held,
+        kib_per_lease: (anon_held as f64 - anon_before as f64) / bound.max(1) as f64,
+        heap_before_kib: heap_before,
+        heap_held_kib: heap_held,
+        heap_kib_per_lease: (heap_held as f64 - heap_before as f64) / bound.max(1) as f64,
         hold_cpu_s: hold_cpu,
         core_percent,
         core_percent_scaled: core_percent * scale_to_target,
@@ -627,7 +656,7 @@ fn table(report: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<9} {:>6} {:>6} {:>5} {:>6} {:>9} {:>8} {:>9} {:>8} {:>8} {:>5} {:>5} {:>5} {:>9} {:>8} {:>6} {:>6}",
+        "{:<9} {:>6} {:>6} {:>5} {:>6} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8} {:>5} {:>5} {:>5} {:>9} {:>8} {:>6} {:>6}",
         "mode",
         "N",
         "bound",
@@ -635,6 +664,7 @@ fn table(report: &Report) -> String {
         "refuse",
         "all bnd s",
         "KiB/ls",
+        "heap/ls",
         "renewals",
         "ms/renew",
         "% core",
@@ -650,7 +680,7 @@ fn table(report: &Report) -> String {
         let r = l.restart.as_ref();
         let _ = writeln!(
             s,
-            "{:<9} {:>6} {:>6} {:>5} {:>6} {:>9.3} {:>8.2} {:>9} {:>8.3} {:>8.2} {:>5} {:>5} {:>5} {:>9.2} {:>8} {:>6} {:>6}",
+            "{:<9} {:>6} {:>6} {:>5} {:>6} {:>9.3} {:>8.2} {:>8.2} {:>9} {:>8.3} {:>8.2} {:>5} {:>5} {:>5} {:>9.2} {:>8} {:>6} {:>6}",
             format!("{:?}", l.mode).to_lowercase(),
             l.addresses,
             l.bound,
@@ -658,6 +688,7 @@ fn table(report: &Report) -> String {
             l.refused,
             l.all_bound_s,
             l.kib_per_lease,
+            l.heap_kib_per_lease,
             l.events.renewals,
             l.cpu_ms_per_renewal,
             l.core_percent,
