@@ -3,13 +3,13 @@
 #   scripts/bench.sh [engine] [--samples N] [--servers kea,dnsmasq,dhcpd] [--hold-secs S] [--big N] [--out FILE]
 #   scripts/bench.sh agent [--samples N] [--many N] [--out FILE]
 #   scripts/bench.sh api [--samples N] [--backends standalone,standalone-no-spares,kubernetes] [--servers kea,dnsmasq,dhcpd] [--renewal-addresses N] [--renewal-hold-secs S] [--out FILE]
-#   scripts/bench.sh scale [--levels 100,1000,5000,10000] [--link-levels 100,1000] [--hold-secs S] [--out FILE]
+#   scripts/bench.sh scale [--levels 100,1000,5000,10000] [--link-levels 100,1000] [--peer-levels 100,1000] [--hold-secs S] [--out FILE]
 #   scripts/bench.sh transport [--sizes 100,1000,5000,10000] [--out FILE]
 #   scripts/bench.sh service [--samples N] [--lease-duration D] [--renew-interval D] [--takeover-grace D]
 #   scripts/bench.sh node-service [--samples N]   # a real kubelet node, our image and chart (~6 min)
 #   scripts/bench.sh all        # engine, agent and api with their defaults, one after the other
 # Installs what it lacks (scripts/install-deps.sh; for agent/api/service/node-service also the
-# Kubernetes binaries),
+# Kubernetes binaries; for scale the CNI dhcp plugin, its peer: scripts/install-cni-dhcp.sh),
 # builds in release mode and runs in labs of their own (network namespaces they create and remove;
 # nothing on the host's links). Each prints its table; the same figures go to
 # target/bench/{engine,agent,api,scale,transport}.json. docs/benchmarks.md explains them.
@@ -28,6 +28,9 @@ esac
 
 scripts/install-deps.sh
 case "$which" in agent|api|service|node-service|all) kubernetes=yes ;; *) kubernetes=no ;; esac
+if [ "$which" = scale ]; then
+  scripts/install-cni-dhcp.sh
+fi
 if [ "$kubernetes" = yes ]; then
   scripts/install-k8s-tools.sh
   export PATH="${DHCPMANAGER_TOOLS:-$HOME/.cache/dhcpmanager/tools}/bin:$PATH"

@@ -3,6 +3,7 @@
 
 pub mod big_kea;
 pub mod cli;
+pub mod cni_peer;
 pub mod error;
 pub mod figures;
 pub mod raw_dora;

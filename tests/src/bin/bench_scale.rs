@@ -11,8 +11,10 @@
 //!   the default rate limit (500/s, burst 100): time until all are Bound again, DISCOVERs sent
 //!   (must be none: INIT-REBOOT only) and the highest transmission rate seen.
 //!
-//! Beside them, the same run's raw exchange (`bench::raw_dora`). Prints a table and writes JSON
-//! (default `target/bench/scale.json`). Run as root; `scripts/bench.sh scale` builds and runs it.
+//! Beside them, the same run's raw exchange (`bench::raw_dora`) and, at `--peer-levels`
+//! (default 100, 1,000), the CNI dhcp daemon as the peer (`bench::cni_peer`). Prints a table and
+//! writes JSON (default `target/bench/scale.json`). Run as root; `scripts/bench.sh scale` builds
+//! and runs it.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -28,6 +30,7 @@ use dhcpmanager_engine::manager::{
 };
 use dhcpmanager_tests::bench::big_kea::{BigPoolKea, LeaseTimes};
 use dhcpmanager_tests::bench::cli;
+use dhcpmanager_tests::bench::cni_peer::{self, PeerLevel};
 use dhcpmanager_tests::bench::error::BenchError;
 use dhcpmanager_tests::bench::figures::{self, Latency};
 use dhcpmanager_tests::bench::raw_dora;
@@ -85,6 +88,8 @@ impl Mode {
 struct Args {
     levels: Vec<usize>,
     link_levels: Vec<usize>,
+    /// Levels of the peer, the CNI dhcp daemon (see `bench::cni_peer`).
+    peer_levels: Vec<usize>,
     hold: Duration,
     start_rate: f64,
     start_burst: u32,
@@ -114,6 +119,7 @@ fn parse_args() -> Result<Args> {
     let mut args = Args {
         levels: vec![100, 1_000, 5_000, 10_000],
         link_levels: vec![100, 1_000],
+        peer_levels: vec![100, 1_000],
         hold: Duration::from_secs(60),
         start_rate: START_RATE,
         start_burst: START_BURST,
@@ -125,6 +131,7 @@ fn parse_args() -> Result<Args> {
         match flag.as_str() {
             "--levels" => args.levels = numbers(&value)?,
             "--link-levels" => args.link_levels = numbers(&value)?,
+            "--peer-levels" => args.peer_levels = numbers(&value)?,
             "--hold-secs" => {
                 args.hold = Duration::from_secs(value.parse().map_err(|_| BenchError::Usage)?)
             }
@@ -233,6 +240,8 @@ struct Report {
     hold_s: f64,
     raw_exchange: Latency,
     levels: Vec<Level>,
+    /// The CNI dhcp daemon, same lab and server, after our levels.
+    peers: Vec<PeerLevel>,
 }
 
 // --- one level, in its own process --------------------------------------------------------------
@@ -625,6 +634,12 @@ fn run(args: &Args) -> Result<Report> {
             index += 1;
         }
     }
+    let mut peers = Vec::new();
+    for &n in &args.peer_levels {
+        eprintln!("[scale] CNI dhcp daemon x{n}");
+        peers.push(cni_peer::run_level(&lab, n, index, args.hold)?);
+        index += 1;
+    }
     drop(kea);
     lab.down()?;
     Ok(Report {
@@ -635,6 +650,7 @@ fn run(args: &Args) -> Result<Report> {
         hold_s: args.hold.as_secs_f64(),
         raw_exchange: Latency::of(raw.exchange, raw.failed),
         levels,
+        peers,
     })
 }
 
@@ -701,6 +717,29 @@ fn table(report: &Report) -> String {
             r.map_or(0, |r| r.same_ip),
         );
     }
+    for p in &report.peers {
+        let _ = writeln!(
+            s,
+            "{:<9} {:>6} {:>6} {:>5} {:>6} {:>9.3} {:>8.2} {:>8} {:>9} {:>8.3} {:>8.2} {:>5} {:>5} {:>5}   (not attempted {}, DEL failed {}, {} threads)",
+            "cni-dhcp",
+            p.addresses,
+            p.leased,
+            p.failed,
+            0,
+            p.all_leased_s,
+            p.kib_per_lease,
+            "-",
+            p.renewals,
+            p.cpu_ms_per_renewal,
+            p.core_percent,
+            "-",
+            p.expiries,
+            "-",
+            p.not_attempted,
+            p.del_failed,
+            p.threads,
+        );
+    }
     let _ = writeln!(
         s,
         "\n% core scaled to one renewal per address per 30 min: {}   (target < {TARGET_CORE_PERCENT} %; KiB per lease target < {TARGET_KIB_PER_LEASE})",
@@ -715,6 +754,11 @@ fn table(report: &Report) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    for p in &report.peers {
+        if let Some(error) = &p.first_error {
+            let _ = writeln!(s, "cni-dhcp {}: first ADD failure: {error}", p.addresses);
+        }
+    }
     for l in &report.levels {
         if let Some(refusal) = &l.refusal {
             let _ = writeln!(
