@@ -382,7 +382,8 @@ fn unusable_offers_are_not_bound_and_counted_by_reason() {
                 manager.stop_all().await.unwrap();
                 let mut bound_ips = Vec::new();
                 while let Ok(keyed) = events.try_recv() {
-                    if let dhcpmanager_engine::dhcp::ClientEvent::Bound { record, .. } = keyed.event
+                    if let dhcpmanager_engine::dhcp::ClientEvent::Bound { record, .. } =
+                        &keyed.event
                     {
                         bound_ips.push(record.ip);
                     }

@@ -63,7 +63,7 @@ pub(super) struct Driver {
     pub parent: String,
     pub limiter: Arc<RateLimiter>,
     pub persist: PersistFn,
-    pub events: broadcast::Sender<KeyedEvent>,
+    pub events: broadcast::Sender<Arc<KeyedEvent>>,
     pub status: watch::Sender<AddressStatus>,
     pub commands: oneshot::Receiver<Command>,
     pub counters: Arc<Counters>,
@@ -249,10 +249,10 @@ impl Driver {
                     if let ClientEvent::Rejected { reason } = &event {
                         self.counters.count_rejection(reason);
                     }
-                    let _ = self.events.send(KeyedEvent {
+                    let _ = self.events.send(Arc::new(KeyedEvent {
                         key: self.key.clone(),
                         event,
-                    });
+                    }));
                 }
             }
         }

@@ -112,7 +112,7 @@ struct Inner {
     links: OwnedLinks,
     limiter: Arc<RateLimiter>,
     persist: PersistFn,
-    events: broadcast::Sender<KeyedEvent>,
+    events: broadcast::Sender<Arc<KeyedEvent>>,
     counters: Arc<Counters>,
     running: Mutex<HashMap<String, Running>>,
     seats: capacity::Seats,
@@ -159,6 +159,9 @@ impl LeaseManager {
         // Our table of an earlier run (killed before it could remove it) names links of then;
         // the addresses that resume mark their connections again.
         links.remove_reply_marks();
+        // A broadcast channel allocates all its slots up front. Events travel behind an `Arc`
+        // so a slot is a pointer, not a lease record: 4,096 slots cost ~0.2 MiB instead of
+        // ~1.1 MiB, which was 9 KiB per lease for a node holding 100 addresses.
         let (events, _) = broadcast::channel(4096);
         Ok(LeaseManager {
             inner: Arc::new(Inner {
@@ -186,7 +189,7 @@ impl LeaseManager {
     }
 
     /// Every client event of every address, as it happens.
-    pub fn subscribe(&self) -> broadcast::Receiver<KeyedEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<KeyedEvent>> {
         self.inner.events.subscribe()
     }
 

@@ -38,7 +38,7 @@ pub fn spawn(
     ctx: Arc<Context>,
     address: Followed,
     mut engine: watch::Receiver<AddressStatus>,
-    mut events: broadcast::Receiver<KeyedEvent>,
+    mut events: broadcast::Receiver<Arc<KeyedEvent>>,
 ) {
     tokio::spawn(async move {
         let mut follower = Follower::new(ctx, address);

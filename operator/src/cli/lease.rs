@@ -205,7 +205,9 @@ pub async fn run(args: LeaseArgs) -> Result<(), Error> {
 async fn hold(
     manager: &LeaseManager,
     key: &str,
-    mut events: tokio::sync::broadcast::Receiver<dhcpmanager_engine::manager::KeyedEvent>,
+    mut events: tokio::sync::broadcast::Receiver<
+        std::sync::Arc<dhcpmanager_engine::manager::KeyedEvent>,
+    >,
 ) -> Result<(), Error> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signal)?;
