@@ -6,5 +6,6 @@ pub mod cli;
 pub mod cni_peer;
 pub mod error;
 pub mod figures;
+pub mod proc;
 pub mod raw_dora;
 pub mod services;

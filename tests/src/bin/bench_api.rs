@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use dhcpmanager_tests::bench::cli;
 use dhcpmanager_tests::bench::error::BenchError;
 use dhcpmanager_tests::bench::figures::{self, Latency};
+use dhcpmanager_tests::bench::proc::{cpu_seconds, status_field};
 use dhcpmanager_tests::bench::raw_dora::{self, RawSamples};
 use dhcpmanager_tests::binaries;
 use dhcpmanager_tests::cluster::{AgentOpts, Cluster};
@@ -606,23 +607,6 @@ struct RenewalRun {
     kept: usize,
 }
 
-/// User + system CPU time of process `pid` so far, in ms.
-fn cpu_ms(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start at the state, field 3.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf reads a constant.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(ticks / per_second * 1e3)
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 fn renewal_load(addresses: usize, hold: Duration) -> Result<RenewalRun> {
     let lab = Lab::up()?;
     lab.start(
@@ -663,10 +647,10 @@ fn renewal_load(addresses: usize, hold: Duration) -> Result<RenewalRun> {
                 )));
             }
             let scrape = || async { get_text(addr, "/metrics").await.unwrap_or_default() };
-            let (before, cpu_before, t0) = (scrape().await, cpu_ms(pid), Instant::now());
+            let (before, cpu_before, t0) = (scrape().await, cpu_seconds(pid), Instant::now());
             tokio::time::sleep(hold).await;
-            let (after, cpu_after, took) = (scrape().await, cpu_ms(pid), t0.elapsed());
-            let rss = rss_kib(pid).unwrap_or(0);
+            let (after, cpu_after, took) = (scrape().await, cpu_seconds(pid), t0.elapsed());
+            let rss = status_field(pid, "VmRSS");
             let status = get_text(addr, "/v1/status").await.unwrap_or_default();
             let kept = held
                 .iter()
@@ -680,7 +664,7 @@ fn renewal_load(addresses: usize, hold: Duration) -> Result<RenewalRun> {
                 prometheus::sum_of(&after, &name) - prometheus::sum_of(&before, &name)
             };
             let renewals = grew("renewals_total");
-            let cpu = cpu_after.zip(cpu_before).map_or(f64::NAN, |(a, b)| a - b);
+            let cpu = (cpu_after - cpu_before) * 1e3;
             let hold_secs = took.as_secs_f64();
             Ok::<_, BenchError>(RenewalRun {
                 server: Server::Kea.name(),

@@ -27,6 +27,7 @@ use dhcpmanager_tests::bench::big_kea::{BigPoolKea, LeaseTimes};
 use dhcpmanager_tests::bench::cli;
 use dhcpmanager_tests::bench::error::BenchError;
 use dhcpmanager_tests::bench::figures::{self, Latency};
+use dhcpmanager_tests::bench::proc::own_status_field;
 use dhcpmanager_tests::bench::raw_dora;
 use dhcpmanager_tests::lab::{Lab, Server, ServerOpts};
 use dhcpmanager_tests::netns::in_netns;
@@ -202,18 +203,6 @@ fn server_code(server: Server) -> u8 {
 
 fn no_persist() -> PersistFn {
     Arc::new(|_, _| {})
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// rx_dropped of `parent` (macvlan broadcast-queue overflows are counted there). A child process
@@ -416,7 +405,7 @@ async fn concurrent_new(
     config: ManagerConfig,
     hold: Option<Duration>,
 ) -> Result<(Concurrent, Option<Memory>)> {
-    let rss_before = rss_kib();
+    let rss_before = own_status_field("VmRSS");
     let (rate, burst) = (config.rate_per_second, config.burst);
     let manager = LeaseManager::new(bench_owner(), config, no_persist())?;
     let dropped_before = rx_dropped(parent);
@@ -497,7 +486,7 @@ async fn concurrent_new(
     let memory = match hold {
         Some(hold) => {
             tokio::time::sleep(hold).await;
-            let rss_after = rss_kib();
+            let rss_after = own_status_field("VmRSS");
             let after = manager.counters();
             Some(Memory {
                 complete: failed == 0,

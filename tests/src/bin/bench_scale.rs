@@ -33,6 +33,7 @@ use dhcpmanager_tests::bench::cli;
 use dhcpmanager_tests::bench::cni_peer::{self, PeerLevel};
 use dhcpmanager_tests::bench::error::BenchError;
 use dhcpmanager_tests::bench::figures::{self, Latency};
+use dhcpmanager_tests::bench::proc::{cpu_seconds, own_status_field};
 use dhcpmanager_tests::bench::raw_dora;
 use dhcpmanager_tests::lab::Lab;
 use dhcpmanager_tests::netns::in_netns;
@@ -246,19 +247,6 @@ struct Report {
 
 // --- one level, in its own process --------------------------------------------------------------
 
-/// A `kB` line of `/proc/self/status` (`VmRSS`, `RssAnon`, ...).
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Bytes the allocator has handed out and not got back (glibc's `mallinfo2`, all arenas:
 /// in-use chunks plus mmapped ones), in KiB. Beside the RSS it tells live heap from the pages
 /// that free chunks between live ones keep resident.
@@ -266,21 +254,6 @@ fn heap_in_use_kib() -> u64 {
     // SAFETY: mallinfo2 has no preconditions; it only reads the allocator's statistics.
     let info = unsafe { libc::mallinfo2() };
     ((info.uordblks + info.hblkhd) / 1024) as u64
-}
-
-/// utime + stime of this process, in seconds.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at ") ".
-    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<u64>().ok()))
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    ticks as f64 / hz
 }
 
 fn mac_for(level: u8, restart: bool, i: usize) -> [u8; 6] {
@@ -436,8 +409,8 @@ async fn level(child: &ChildArgs, hold: Duration, rate: f64, burst: u32) -> Resu
     let n = child.addresses;
     let records: Records = Arc::default();
     let owner = InstanceId::derived("bench", "scale");
-    let rss_before = status_kib("VmRSS");
-    let anon_before = status_kib("RssAnon");
+    let rss_before = own_status_field("VmRSS");
+    let anon_before = own_status_field("RssAnon");
     let heap_before = heap_in_use_kib();
     let manager = LeaseManager::new(
         owner.clone(),
@@ -460,15 +433,15 @@ async fn level(child: &ChildArgs, hold: Duration, rate: f64, burst: u32) -> Resu
         "  {bound} bound, {failed} failed, {refused} refused after {wall:.2?}; holding {hold:?}"
     );
     let renewals_before = counts.lock().unwrap().renewals;
-    let cpu_before = cpu_seconds();
+    let cpu_before = cpu_seconds(std::process::id());
     tokio::time::sleep(hold).await;
-    let hold_cpu = cpu_seconds() - cpu_before;
+    let hold_cpu = cpu_seconds(std::process::id()) - cpu_before;
     // Memory the benchmark's own start tasks freed goes back to the system first, so that what
     // stays is what holding the leases costs.
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
-    let rss_held = status_kib("VmRSS");
-    let anon_held = status_kib("RssAnon");
+    let rss_held = own_status_field("VmRSS");
+    let anon_held = own_status_field("RssAnon");
     let heap_held = heap_in_use_kib();
     let held_counts = counts.lock().unwrap().clone();
     let renewals = held_counts.renewals - renewals_before;
