@@ -6,17 +6,19 @@
 //! TCP replies of a server on the node carrying the lease's MAC as Ethernet source.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dhcpmanager_engine::dhcp::{ClientConfig, MacAddr};
+use dhcpmanager_engine::instance::InstanceId;
 use dhcpmanager_engine::manager::{AddressSpec, LeaseManager, ManagerConfig, wait_bound};
 use dhcpmanager_engine::net::NetNs;
 use dhcpmanager_tests::arp_capture::{ArpCapture, announced};
 use dhcpmanager_tests::lab::{Lab, SERVER_ADDR_1, Server, ServerOpts};
+use dhcpmanager_tests::pcap::EthernetFrame;
 
 const LEASE_MAC: &str = "02:cc:00:00:09:01";
 const NODE_ADDRESS: &str = "10.77.0.5/24";
@@ -59,6 +61,96 @@ fn serve_on_node(node: &NetNs) {
     });
 }
 
+/// A node as it comes: an address of its own in the leased subnet, on the parent.
+fn give_the_node_an_address(node: &str, parent: &str) {
+    run(&["ip", "-n", node, "addr", "add", NODE_ADDRESS, "dev", parent]);
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A manager of `owner` keeping its links in the node's namespace; persists nothing.
+fn manager_on(runtime: &tokio::runtime::Runtime, node: &NetNs, owner: InstanceId) -> LeaseManager {
+    runtime.block_on(async {
+        LeaseManager::new(
+            owner,
+            ManagerConfig {
+                netns: node.clone(),
+                ..ManagerConfig::default()
+            },
+            Arc::new(|_, _| {}),
+        )
+        .unwrap()
+    })
+}
+
+/// `shop/web` with its IP on its macvlan, as the agent holds a Service's address.
+fn announced_address(parent: &str, mac: MacAddr) -> AddressSpec {
+    let mut client = ClientConfig::new(mac);
+    client.hostname = Some("web.shop".into());
+    client.ip_assigned = true;
+    AddressSpec {
+        key: "shop/web".into(),
+        parent: parent.into(),
+        client,
+    }
+}
+
+/// The body of `http://IP:PORT/` fetched from the client, which has forgotten every neighbour
+/// first: its ARP request for the address goes to the whole segment.
+fn curl_as_a_stranger(client: &str, ip: Ipv4Addr) -> String {
+    let _ = Command::new("ip")
+        .args(["-n", client, "neigh", "flush", "all"])
+        .status();
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        client,
+        "curl",
+        "-s",
+        "--max-time",
+        "10",
+        &format!("http://{ip}:{PORT}/"),
+    ])
+}
+
+/// Every IP reply from `ip` in the capture left with the lease's MAC, and no frame at all with
+/// the parent's.
+fn assert_replies_carry_only(
+    frames: &[EthernetFrame],
+    ip: Ipv4Addr,
+    lease: [u8; 6],
+    parent: [u8; 6],
+) {
+    let seen = announced(frames, ip);
+    assert!(
+        !seen.ip_packets_from.is_empty(),
+        "no reply from {ip} captured"
+    );
+    assert!(
+        seen.ip_packets_from.iter().all(|m| *m == Some(lease)),
+        "a reply left with another MAC than the lease's (the parent is {parent:02x?}): {seen:02x?}"
+    );
+    assert!(
+        !frames.iter().any(|f| f.src_mac == Some(parent)),
+        "the parent's MAC was seen"
+    );
+}
+
+/// Released: the address's `from` rule goes with it.
+fn release(runtime: &tokio::runtime::Runtime, manager: &LeaseManager) {
+    runtime.block_on(async {
+        manager.release("shop/web").await.unwrap();
+        manager.settle_links().await.unwrap();
+    });
+}
+
 #[test]
 fn only_the_lease_mac_answers_arp_and_carries_the_replies() {
     let lab = Lab::up().unwrap();
@@ -79,54 +171,23 @@ fn only_the_lease_mac_answers_arp_and_carries_the_replies() {
         "net.ipv4.conf.default.arp_ignore=0",
         "net.ipv4.conf.default.arp_announce=0",
     ]);
-    run(&[
-        "ip",
-        "-n",
-        &node,
-        "addr",
-        "add",
-        NODE_ADDRESS,
-        "dev",
-        &parent,
-    ]);
+    give_the_node_an_address(&node, &parent);
     let parent_mac = mac_of(&node, &parent);
     let lease_mac: MacAddr = LEASE_MAC.parse().unwrap();
 
     let capture = ArpCapture::start(&client, "lan", PORT, lab.dir().join("announce.pcap"));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let node_ns = NetNs::open(Path::new(&format!("/run/netns/{node}"))).unwrap();
-    let (manager, leased) = runtime.block_on(async {
-        let manager = LeaseManager::new(
-            dhcpmanager_engine::instance::InstanceId::derived("test", "announce"),
-            ManagerConfig {
-                netns: node_ns.clone(),
-                ..ManagerConfig::default()
-            },
-            Arc::new(|_, _| {}),
-        )
-        .unwrap();
-        let mut client_config = ClientConfig::new(lease_mac);
-        client_config.hostname = Some("web.shop".into());
-        client_config.ip_assigned = true;
+    let manager = manager_on(&runtime, &node_ns, InstanceId::derived("test", "announce"));
+    let leased = runtime.block_on(async {
         let mut status = manager
-            .start(
-                AddressSpec {
-                    key: "shop/web".into(),
-                    parent: parent.clone(),
-                    client: client_config,
-                },
-                None,
-            )
+            .start(announced_address(&parent, lease_mac), None)
             .await
             .unwrap();
         let record = wait_bound(&mut status, Duration::from_secs(30))
             .await
             .unwrap();
-        (manager, record.ip)
+        record.ip
     });
     let link = dhcpmanager_engine::net::link_name("shop/web");
     // What the agent set through rtnetlink, as the kernel reports it.
@@ -154,22 +215,7 @@ fn only_the_lease_mac_answers_arp_and_carries_the_replies() {
     assert!(rules.contains(&format!("from {leased} lookup")), "{rules}");
 
     serve_on_node(&node_ns);
-    // The client has never seen the address: its ARP request goes to the whole segment.
-    let _ = Command::new("ip")
-        .args(["-n", &client, "neigh", "flush", "all"])
-        .status();
-    let body = run(&[
-        "ip",
-        "netns",
-        "exec",
-        &client,
-        "curl",
-        "-s",
-        "--max-time",
-        "10",
-        &format!("http://{leased}:{PORT}/"),
-    ]);
-    assert_eq!(body, "hello\n");
+    assert_eq!(curl_as_a_stranger(&client, leased), "hello\n");
     let frames = capture.stop();
 
     let seen = announced(&frames, leased);
@@ -190,24 +236,9 @@ fn only_the_lease_mac_answers_arp_and_carries_the_replies() {
         seen.answered_by.iter().all(|m| *m == lease),
         "ARP for {leased} answered by another MAC (the parent is {parent_mac:02x?}): {seen:02x?}"
     );
-    assert!(
-        !seen.ip_packets_from.is_empty(),
-        "no TCP reply from {leased} captured"
-    );
-    assert!(
-        seen.ip_packets_from.iter().all(|m| *m == Some(lease)),
-        "{seen:02x?}"
-    );
-    // Nothing at all left the node with its parent's MAC for this exchange.
-    assert!(
-        !frames.iter().any(|f| f.src_mac == Some(parent_mac)),
-        "the parent's MAC was seen"
-    );
+    assert_replies_carry_only(&frames, leased, lease, parent_mac);
 
-    runtime.block_on(async {
-        manager.release("shop/web").await.unwrap();
-        manager.settle_links().await.unwrap();
-    });
+    release(&runtime, &manager);
     let rules = run(&["ip", "-n", &node, "rule", "show"]);
     assert!(
         !rules.contains(&format!("from {leased} lookup")),
@@ -262,20 +293,10 @@ fn the_orphan_sweep_removes_announcement_rules_of_links_that_are_gone_and_nothin
             &mark_priority,
         ]);
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
+    let node_ns = NetNs::open(Path::new(&format!("/run/netns/{node}"))).unwrap();
+    let manager = manager_on(&runtime, &node_ns, InstanceId::derived("test", "sweep"));
     runtime.block_on(async {
-        let manager = LeaseManager::new(
-            dhcpmanager_engine::instance::InstanceId::derived("test", "sweep"),
-            ManagerConfig {
-                netns: NetNs::open(Path::new(&format!("/run/netns/{node}"))).unwrap(),
-                ..ManagerConfig::default()
-            },
-            Arc::new(|_, _| {}),
-        )
-        .unwrap();
         manager.remove_orphan_links(|_| false).await.unwrap();
     });
     let rules = run(&["ip", "-n", &node, "rule", "show"]);
@@ -343,19 +364,10 @@ fn replies_of_a_pod_behind_a_dnat_leave_with_the_lease_mac() {
         "net.ipv4.conf.default.rp_filter=1",
         &format!("net.ipv4.conf.{parent}.rp_filter=1"),
     ]);
-    run(&[
-        "ip",
-        "-n",
-        &node,
-        "addr",
-        "add",
-        NODE_ADDRESS,
-        "dev",
-        &parent,
-    ]);
+    give_the_node_an_address(&node, &parent);
     let parent_mac = mac_of(&node, &parent);
     let lease_mac: MacAddr = DNAT_MAC.parse().unwrap();
-    let owner = dhcpmanager_engine::instance::InstanceId::derived("test", "dnat");
+    let owner = InstanceId::derived("test", "dnat");
     let ours = dhcpmanager_engine::net::reply_mark::table_name(&owner);
     // A table of ours left by an earlier run (killed): replaced at start.
     nft(&node, &["add", "table", "ip", &ours]);
@@ -391,42 +403,21 @@ fn replies_of_a_pod_behind_a_dnat_leave_with_the_lease_mac() {
 
     let pod_ns = NetNs::open(Path::new(&format!("/run/netns/{pod}"))).unwrap();
     serve_on_node(&pod_ns);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let node_ns = NetNs::open(Path::new(&format!("/run/netns/{node}"))).unwrap();
-    let spec = || {
-        let mut client_config = ClientConfig::new(lease_mac);
-        client_config.hostname = Some("web.shop".into());
-        client_config.ip_assigned = true;
-        AddressSpec {
-            key: "shop/web".into(),
-            parent: parent.clone(),
-            client: client_config,
-        }
-    };
     let start = |manager: &LeaseManager| {
         runtime.block_on(async {
-            let mut status = manager.start(spec(), None).await.unwrap();
+            let mut status = manager
+                .start(announced_address(&parent, lease_mac), None)
+                .await
+                .unwrap();
             wait_bound(&mut status, Duration::from_secs(30))
                 .await
                 .unwrap()
                 .ip
         })
     };
-    let manager = runtime.block_on(async {
-        LeaseManager::new(
-            owner.clone(),
-            ManagerConfig {
-                netns: node_ns.clone(),
-                ..ManagerConfig::default()
-            },
-            Arc::new(|_, _| {}),
-        )
-        .unwrap()
-    });
+    let manager = manager_on(&runtime, &node_ns, owner.clone());
     let leased = start(&manager);
     // kube-proxy: the ingress IP to the pod, before routing.
     nft(&node, &["add", "table", "ip", "kube"]);
@@ -490,42 +481,16 @@ fn replies_of_a_pod_behind_a_dnat_leave_with_the_lease_mac() {
     assert!(rules.contains("fwmark 0x2/0x7e lookup"), "{rules}");
 
     let capture = ArpCapture::start(&client, "lan", PORT, lab.dir().join("dnat.pcap"));
-    let _ = Command::new("ip")
-        .args(["-n", &client, "neigh", "flush", "all"])
-        .status();
-    let body = run(&[
-        "ip",
-        "netns",
-        "exec",
-        &client,
-        "curl",
-        "-s",
-        "--max-time",
-        "10",
-        &format!("http://{leased}:{PORT}/"),
-    ]);
-    assert_eq!(body, "hello\n", "the pod answered through the DNAT");
+    assert_eq!(
+        curl_as_a_stranger(&client, leased),
+        "hello\n",
+        "the pod answered through the DNAT"
+    );
     let frames = capture.stop();
-    let seen = announced(&frames, leased);
-    let lease = lease_mac.octets();
-    assert!(
-        !seen.ip_packets_from.is_empty(),
-        "no reply from {leased} captured"
-    );
-    assert!(
-        seen.ip_packets_from.iter().all(|m| *m == Some(lease)),
-        "a reply of the pod left with another MAC than the lease's (the parent is {parent_mac:02x?}): {seen:02x?}"
-    );
-    assert!(
-        !frames.iter().any(|f| f.src_mac == Some(parent_mac)),
-        "the parent's MAC was seen"
-    );
+    assert_replies_carry_only(&frames, leased, lease_mac.octets(), parent_mac);
 
     // Released: our table goes with the last address, the others stay as they were.
-    runtime.block_on(async {
-        manager.release("shop/web").await.unwrap();
-        manager.settle_links().await.unwrap();
-    });
+    release(&runtime, &manager);
     assert_eq!(nft_table(&node, &ours), None, "our table after the release");
     let rules = run(&["ip", "-n", &node, "rule", "show"]);
     assert!(
