@@ -251,6 +251,41 @@ pub fn dhcpmanager_image() -> &'static Path {
     })
 }
 
+/// A node with our image imported and Kea (600 s leases: nothing renews during a test) on its
+/// segment: where every test and benchmark of the chart on a real node starts.
+pub fn node_with_our_image_and_kea() -> Node {
+    // The image first: it takes longest and needs no node.
+    let image = dhcpmanager_image();
+    let node = Node::start();
+    node.import_image(image);
+    node.lab()
+        .start(
+            crate::lab::Server::Kea,
+            crate::lab::ServerOpts {
+                lease: 600,
+                ..crate::lab::ServerOpts::default()
+            },
+        )
+        .expect("Kea on the segment");
+    node
+}
+
+/// The chart's `--set` arguments for the node: our image (never pulled), the agents on the
+/// lab's segment with a pool of `pool_size` MACs from 02:d4:c9:00:00:00.
+pub fn chart_values_for_the_node(pool_size: u32) -> Vec<String> {
+    [
+        format!("image.repository={IMAGE_REPOSITORY}"),
+        format!("image.tag={IMAGE_TAG}"),
+        "image.pullPolicy=Never".into(),
+        format!("agent.interface={LAB_PARENT}"),
+        "agent.macPool.ranges[0].start=02:d4:c9:00:00:00".into(),
+        format!("agent.macPool.ranges[0].count={pool_size}"),
+    ]
+    .into_iter()
+    .flat_map(|value| ["--set".to_string(), value])
+    .collect()
+}
+
 /// tcpdump of everything on the node's [`LAB_PARENT`] (all protocols, the macvlans' frames
 /// included), for assertions on what reached the segment. Dropping it kills tcpdump.
 pub struct SegmentCapture {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::node::{IMAGE_REPOSITORY, IMAGE_TAG, LAB_PARENT, Node};
+use crate::node::{IMAGE_REPOSITORY, IMAGE_TAG, Node, chart_values_for_the_node};
 use crate::repo_root;
 
 /// The namespace of the chart's release.
@@ -23,24 +23,16 @@ pub const HTTP_PORT: u16 = 80;
 pub fn install_chart(node: &Node, pool_size: u32) {
     node.kubectl(&["create", "namespace", RELEASE_NAMESPACE]);
     let chart = repo_root().join("charts/dhcpmanager");
-    node.helm(&[
+    let values = chart_values_for_the_node(pool_size);
+    let mut args = vec![
         "install",
         "dhcpmanager",
         chart.to_str().expect("a UTF-8 path"),
         "--namespace",
         RELEASE_NAMESPACE,
-        "--set",
-        &format!("image.repository={IMAGE_REPOSITORY}"),
-        "--set",
-        &format!("image.tag={IMAGE_TAG}"),
-        "--set",
-        "image.pullPolicy=Never",
-        "--set",
-        &format!("agent.interface={LAB_PARENT}"),
-        "--set",
-        "agent.macPool.ranges[0].start=02:d4:c9:00:00:00",
-        "--set",
-        &format!("agent.macPool.ranges[0].count={pool_size}"),
+    ];
+    args.extend(values.iter().map(String::as_str));
+    args.extend([
         "--set",
         "agent.serviceController.enabled=true",
         "--set",
@@ -48,8 +40,9 @@ pub fn install_chart(node: &Node, pool_size: u32) {
         "--wait",
         "--timeout",
         "180s",
-    ])
-    .unwrap_or_else(|err| panic!("helm install: {err}"));
+    ]);
+    node.helm(&args)
+        .unwrap_or_else(|err| panic!("helm install: {err}"));
 }
 
 /// `helm uninstall`, waiting for the agent's pods to go.

@@ -13,10 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dhcpmanager_tests::bootp::MessageType;
 use dhcpmanager_tests::controlplane::tools_bin_dir;
-use dhcpmanager_tests::lab::{Server, ServerOpts, active_lease};
-use dhcpmanager_tests::node::{
-    self, IMAGE_REPOSITORY, IMAGE_TAG, LAB_PARENT, NODE_NAME, Node, SegmentCapture,
-};
+use dhcpmanager_tests::lab::{Server, active_lease};
+use dhcpmanager_tests::node::{self, NODE_NAME, Node, SegmentCapture};
 use dhcpmanager_tests::pcap;
 use dhcpmanager_tests::repo_root;
 use serde_json::Value;
@@ -130,19 +128,8 @@ fn follow_logs(node: &Node, pod: &str, file: &Path) -> Child {
 
 #[test]
 fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly() {
-    // The image first: it takes longest and needs no node.
-    let image = node::dhcpmanager_image();
-    let node = Node::start();
-    node.import_image(image);
+    let node = node::node_with_our_image_and_kea();
     let lab = node.lab();
-    lab.start(
-        Server::Kea,
-        ServerOpts {
-            lease: 600,
-            ..ServerOpts::default()
-        },
-    )
-    .expect("Kea on the segment");
     let capture = SegmentCapture::start(&node, "segment");
 
     // --- helm install, as the chart's README says, with the image we built -------------------
@@ -156,24 +143,16 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
         "crd/servicemonitors.monitoring.coreos.com",
     ]);
     let chart = repo_root().join("charts/dhcpmanager");
-    node.helm(&[
+    let values = node::chart_values_for_the_node(16);
+    let mut args = vec![
         "install",
         RELEASE,
         chart.to_str().unwrap(),
         "--namespace",
         NAMESPACE,
-        "--set",
-        &format!("image.repository={IMAGE_REPOSITORY}"),
-        "--set",
-        &format!("image.tag={IMAGE_TAG}"),
-        "--set",
-        "image.pullPolicy=Never",
-        "--set",
-        &format!("agent.interface={LAB_PARENT}"),
-        "--set",
-        "agent.macPool.ranges[0].start=02:d4:c9:00:00:00",
-        "--set",
-        "agent.macPool.ranges[0].count=16",
+    ];
+    args.extend(values.iter().map(String::as_str));
+    args.extend([
         "--set",
         "apiserver.replicas=1",
         // The agents' /metrics asks the API server about its scrapers (the default): this
@@ -189,8 +168,9 @@ fn chart_on_a_real_node_binds_survives_a_rolling_restart_and_uninstalls_cleanly(
         "--wait",
         "--timeout",
         "180s",
-    ])
-    .unwrap_or_else(|err| panic!("helm install: {err}"));
+    ]);
+    node.helm(&args)
+        .unwrap_or_else(|err| panic!("helm install: {err}"));
     node.wait_until("the agent pod Running and Ready", STEP, || {
         agent_pod(&node).is_some_and(|(_, ready)| ready)
     });

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use dhcpmanager_tests::arp_capture::{ArpCapture, announced};
 use dhcpmanager_tests::bootp::MessageType;
-use dhcpmanager_tests::lab::{SERVER_ADDR_1, Server, ServerOpts, active_lease};
+use dhcpmanager_tests::lab::{SERVER_ADDR_1, Server, active_lease};
 use dhcpmanager_tests::node::{self, Node, SegmentCapture};
 use dhcpmanager_tests::node_web::{
     HTTP_PORT, WEB_NAMESPACE, agent_links, deploy_web, install_chart, service_manifest,
@@ -48,18 +48,8 @@ fn curl_from_client(client: &str, ip: Ipv4Addr) -> Option<String> {
 
 #[test]
 fn a_load_balancer_service_is_reached_from_the_segment_through_the_lease_mac_only() {
-    let image = node::dhcpmanager_image();
-    let node = Node::start();
-    node.import_image(image);
+    let node = node::node_with_our_image_and_kea();
     let lab = node.lab();
-    lab.start(
-        Server::Kea,
-        ServerOpts {
-            lease: 600,
-            ..ServerOpts::default()
-        },
-    )
-    .expect("Kea on the segment");
     let client = lab.server_ns(SERVER_ADDR_1);
     // The node has an address of its own in the leased subnet: its main table reaches the
     // client through the parent, which the replies of the pod (DNATed by kube-proxy) must not

@@ -27,9 +27,9 @@ use dhcpmanager_tests::bench::raw_dora;
 use dhcpmanager_tests::bench::services::{
     create_and_wait, delete_and_wait_gone, kube_client, runtime,
 };
-use dhcpmanager_tests::lab::{SERVER_ADDR_1, Server, ServerOpts};
+use dhcpmanager_tests::lab::SERVER_ADDR_1;
 use dhcpmanager_tests::netns::in_netns;
-use dhcpmanager_tests::node::{self, LAB_PARENT, NODE_NETNS, Node};
+use dhcpmanager_tests::node::{self, LAB_PARENT, NODE_NETNS};
 use dhcpmanager_tests::node_web::{
     WEB_NAMESPACE, curl_from_client, deploy_web, install_chart, service_manifest, uninstall_chart,
 };
@@ -63,17 +63,8 @@ fn main() {
 }
 
 fn run(samples: usize) -> Result<()> {
-    let image = node::dhcpmanager_image();
-    let node = Node::start();
-    node.import_image(image);
+    let node = node::node_with_our_image_and_kea();
     let lab = node.lab();
-    lab.start(
-        Server::Kea,
-        ServerOpts {
-            lease: 600,
-            ..ServerOpts::default()
-        },
-    )?;
     let client_ns = lab.server_ns(SERVER_ADDR_1);
     install_chart(&node, 16);
     deploy_web(&node, STEP_TIMEOUT);
