@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use dhcpmanager_tests::bootp::MessageType;
 use dhcpmanager_tests::cluster::{AgentOpts, Cluster};
-use dhcpmanager_tests::lab::{Server, ServerOpts};
+use dhcpmanager_tests::lab::{Server, ServerOpts, active_lease};
 use dhcpmanager_tests::pcap::{self, DhcpFrame};
 use serde_json::Value;
 
@@ -438,14 +438,8 @@ fn renewals_continue_while_the_api_server_is_down() {
     cluster.wait_for("Bound", STEP, |c| all_bound(c, "apps", 1));
     let (_, status) = cluster.addresses("apps").remove(0);
     let leased = ip(&status).unwrap();
-    let server_expiry = |c: &Cluster| {
-        c.lab
-            .leases(Server::Kea)
-            .unwrap()
-            .into_iter()
-            .find(|l| l.ip == leased && l.state == "active")
-            .map(|l| l.expires)
-    };
+    let server_expiry =
+        |c: &Cluster| active_lease(&c.lab.leases(Server::Kea).unwrap(), leased).map(|l| l.expires);
     let expiry_before = server_expiry(&cluster).expect("active at the server");
 
     cluster.cp.stop_apiserver();

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use dhcpmanager_tests::cluster::{AGENT_NAMESPACE, AgentOpts, Cluster, service_account_token};
-use dhcpmanager_tests::lab::{Server, ServerOpts};
+use dhcpmanager_tests::lab::{Server, ServerOpts, active_lease};
 use dhcpmanager_tests::prometheus::{Answer, get, get_with};
 
 const STEP: Duration = Duration::from_secs(60);
@@ -151,14 +151,8 @@ fn an_api_outage_makes_new_scrapers_wait_and_leaves_the_leases_alone() {
     });
     let (_, status) = cluster.addresses("apps").remove(0);
     let leased: Ipv4Addr = status["ip"].as_str().unwrap().parse().unwrap();
-    let server_expiry = |c: &Cluster| {
-        c.lab
-            .leases(Server::Kea)
-            .unwrap()
-            .into_iter()
-            .find(|l| l.ip == leased && l.state == "active")
-            .map(|l| l.expires)
-    };
+    let server_expiry =
+        |c: &Cluster| active_lease(&c.lab.leases(Server::Kea).unwrap(), leased).map(|l| l.expires);
     let addr = cluster.agent(agent).metrics;
     // Prometheus scraped just before the outage: its verdict is cached.
     let before = get_ok(addr, "/metrics", Some(cluster.metrics_token()));

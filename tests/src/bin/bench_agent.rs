@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use dhcpmanager_crds::{DhcpAddress, DhcpAddressSpec, Phase};
@@ -22,6 +22,7 @@ use dhcpmanager_tests::bench::cli;
 use dhcpmanager_tests::bench::error::BenchError;
 use dhcpmanager_tests::bench::figures::{self, Latency};
 use dhcpmanager_tests::bench::raw_dora;
+use dhcpmanager_tests::bench::services::kube_client;
 use dhcpmanager_tests::cluster::{AgentOpts, Cluster};
 use dhcpmanager_tests::lab::{Server, ServerOpts};
 use dhcpmanager_tests::netns::in_netns;
@@ -406,19 +407,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("tokio runtime")
-}
-
-async fn kube_client(kubeconfig: &Path) -> Result<kube::Client> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig)
-        .map_err(|e| BenchError::Kubeconfig(e.to_string()))?;
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .map_err(|e| BenchError::Kubeconfig(e.to_string()))?;
-    // The agent's own client (TCP_NODELAY): a new connection must not add ~40 ms to a figure.
-    Ok(dhcpmanager_crds::client::client_for(config)?)
 }
 
 fn agent_macs() -> Vec<String> {
