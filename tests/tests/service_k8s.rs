@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::Duration;
 
-use dhcpmanager_tests::cluster::{AgentOpts, Cluster};
+use dhcpmanager_tests::cluster::{AGENT_NAMESPACE, AgentOpts, Cluster};
 use dhcpmanager_tests::garbage_collector::GarbageCollector;
 use dhcpmanager_tests::lab::{Server, ServerOpts};
 use serde_json::Value;
@@ -165,6 +165,44 @@ fn a_load_balancer_service_gets_a_dhcp_address_and_releases_it_when_deleted() {
     cluster.wait_for("the macvlan is gone", STEP, |c| !links(c).contains(&iface));
     let pool = cluster.json(&["get", "macpool", "default"]);
     assert_eq!(pool["status"]["used"], 0, "the MAC is back: {pool}");
+}
+
+/// Who may create a Service's address changes without any change of the Service: the agent
+/// first holds its Lease, or the coordinator (the live agent with the smallest node name) dies.
+/// Here the Services exist before our agent starts, and a peer `node-0` that never renews its
+/// Lease coordinates at first; once that Lease has run out, our agent is the coordinator and
+/// must create the addresses soon, not at its resync (set beyond this test's patience).
+#[test]
+fn when_the_coordinator_is_gone_the_next_agent_creates_the_waiting_addresses() {
+    let mut cluster = Cluster::start_with(&["agent.serviceController.enabled=true"]);
+    cluster
+        .lab
+        .start(Server::Kea, ServerOpts::default())
+        .unwrap();
+    cluster.kubectl_ok(&["create", "namespace", "shop"]);
+    let names = ["web", "shop-front", "api"];
+    for name in names {
+        cluster.apply(&service_yaml(name, Some(CLASS), &[]));
+    }
+    let renewed = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    cluster.apply(&format!(
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: dhcpmanager-agent-node-0\n  namespace: {AGENT_NAMESPACE}\n  labels: {{app.kubernetes.io/component: dhcpmanager-agent}}\nspec:\n  holderIdentity: node-0\n  leaseDurationSeconds: 5\n  renewTime: \"{renewed}\"\n"
+    ));
+    let agent_ns = cluster.lab.agent_ns();
+    let agent = AgentOpts {
+        extra: vec![
+            "--service-controller".into(),
+            "--resync".into(),
+            "600s".into(),
+        ],
+        ..AgentOpts::default()
+    };
+    cluster.start_agent("node-a", &agent_ns, &agent);
+    cluster.wait_for("every Service's address Bound and shown", STEP, |c| {
+        names
+            .iter()
+            .all(|name| bound_ip(c, name).is_some_and(|ip| ingress(c, name) == [ip.to_string()]))
+    });
 }
 
 #[test]

@@ -170,6 +170,7 @@ pub async fn run(args: AgentArgs, config: dhcpmanager_engine::config::Config) ->
         async move { ownership.run_peer_watch().await }
     });
     let (reconcile_all, reconcile_all_rx) = tokio::sync::mpsc::channel::<()>(4);
+    let (services_all, services_all_rx) = tokio::sync::mpsc::channel::<()>(1);
     let (holding_tx, mut holding) = watch::channel(false);
     tokio::spawn({
         let ownership = ownership.clone();
@@ -184,6 +185,9 @@ pub async fn run(args: AgentArgs, config: dhcpmanager_engine::config::Config) ->
                     .ready
                     .store(held, std::sync::atomic::Ordering::Relaxed);
                 if held {
+                    // A Service seen before the Lease was held waits for nobody: look again.
+                    // Full means a look is already due; closed means no Service controller.
+                    let _ = services_all.try_send(());
                     let _ = reconcile_all.send(()).await;
                 } else if let Err(error) = manager.stop_all().await {
                     warn!(%error, "fencing: removing links failed");
@@ -217,15 +221,13 @@ pub async fn run(args: AgentArgs, config: dhcpmanager_engine::config::Config) ->
                 default_load_balancer: args.default_load_balancer,
                 resync: args.resync,
             },
+            receiver_stream(services_all_rx),
         ));
     } else if args.default_load_balancer {
         warn!("--default-load-balancer has no effect without --service-controller");
     }
-    let trigger = futures::stream::unfold(reconcile_all_rx, |mut rx| async move {
-        rx.recv().await.map(|()| ((), rx))
-    });
     Controller::new(Api::<DhcpAddress>::all(client), watcher::Config::default())
-        .reconcile_all_on(trigger)
+        .reconcile_all_on(receiver_stream(reconcile_all_rx))
         .shutdown_on_signal()
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
@@ -234,4 +236,14 @@ pub async fn run(args: AgentArgs, config: dhcpmanager_engine::config::Config) ->
         "shutting down: stopping every DHCP client without releasing (the next agent resumes them)"
     );
     Ok(manager.stop_all().await?)
+}
+
+/// The messages of `rx` as a stream (a controller's `reconcile_all_on` trigger).
+fn receiver_stream(
+    rx: tokio::sync::mpsc::Receiver<()>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|()| ((), rx)) },
+    )
 }

@@ -58,8 +58,14 @@ pub struct ServiceContext {
     pub settings: ServiceSettings,
 }
 
-/// Runs the controller until the process is asked to stop.
-pub async fn run(client: Client, ownership: Arc<Ownership>, settings: ServiceSettings) {
+/// Runs the controller until the process is asked to stop. Every Service is reconciled again
+/// at each item of `reconcile_all` (the agent's Lease held again).
+pub async fn run(
+    client: Client,
+    ownership: Arc<Ownership>,
+    settings: ServiceSettings,
+    reconcile_all: impl futures::Stream<Item = ()> + Send + 'static,
+) {
     info!(
         default_load_balancer = settings.default_load_balancer,
         "Service controller starting"
@@ -88,6 +94,7 @@ pub async fn run(client: Client, ownership: Arc<Ownership>, settings: ServiceSet
     });
     Controller::new(Api::<Service>::all(client), watcher::Config::default())
         .owns_stream(address_events)
+        .reconcile_all_on(reconcile_all)
         .shutdown_on_signal()
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|_| futures::future::ready(()))

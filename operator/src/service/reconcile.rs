@@ -28,6 +28,13 @@ use crate::error::Error;
 /// acting on it could clear a good ingress after an agent restart.
 const STORE_NOT_READY_RETRY: Duration = Duration::from_secs(1);
 
+/// How soon an agent that may not write for a Service without an owned address looks again.
+/// Who coordinates changes without an event for the Service: our Lease is first held (the
+/// controller also reconciles everything then), or the coordinator dies and after its Lease
+/// runs out we are next. Waiting for the resync (60 s) would leave a new Service without an
+/// address that long; a look is a read of the local store.
+pub const COORDINATOR_RECHECK: Duration = Duration::from_secs(5);
+
 pub async fn reconcile(service: Arc<Service>, ctx: Arc<ServiceContext>) -> Result<Action, Error> {
     let verdict = desired::classify(&service, ctx.settings.default_load_balancer);
     if verdict == Verdict::NotOurs && !has_address_of(&service, &ctx) {
@@ -136,6 +143,11 @@ pub async fn reconcile(service: Arc<Service>, ctx: Arc<ServiceContext>) -> Resul
             }
         }
     }
+    if !writer && address_owner(ours).is_none() {
+        return Ok(Action::requeue(
+            COORDINATOR_RECHECK.min(ctx.settings.resync),
+        ));
+    }
     Ok(Action::requeue(ctx.settings.resync))
 }
 
@@ -159,13 +171,15 @@ fn has_address_of(service: &Service, ctx: &ServiceContext) -> bool {
 /// The one agent that writes for this Service now: the owner of its address, or, while the
 /// address has no owner (or does not exist), the coordinator. Never an agent without its Lease.
 fn may_write(address: Option<&DhcpAddress>, ctx: &ServiceContext) -> bool {
-    match address
-        .and_then(|a| a.status.as_ref())
-        .and_then(|s| s.node.as_deref())
-    {
-        Some(_) => owns(address.expect("checked"), ctx),
-        None => ctx.ownership.is_coordinator(),
+    match (address, address_owner(address)) {
+        (Some(address), Some(_)) => owns(address, ctx),
+        _ => ctx.ownership.is_coordinator(),
     }
+}
+
+/// The node whose agent holds the address, once one does.
+fn address_owner(address: Option<&DhcpAddress>) -> Option<&str> {
+    address?.status.as_ref()?.node.as_deref()
 }
 
 fn owns(address: &DhcpAddress, ctx: &ServiceContext) -> bool {

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::desired::annotation;
 use super::fixtures::*;
-use super::reconcile::reconcile;
+use super::reconcile::{COORDINATOR_RECHECK, reconcile};
 use crate::agent::fixtures::{ME, bounded};
 use crate::error::Error;
 
@@ -107,10 +107,15 @@ async fn an_address_created_by_another_agent_meanwhile_is_fine() {
 }
 
 #[tokio::test]
-async fn members_and_fenced_agents_create_nothing() {
+async fn members_and_fenced_agents_create_nothing_and_look_again_soon() {
+    // Soon, not at the resync: the agent may become the coordinator without any change of the
+    // Service (its Lease held at last, the coordinator gone).
     for standing in [Standing::Member, Standing::Fenced] {
         let result = run(standing, false, vec![], service(), vec![]).await;
-        assert_eq!(result.expect("reconcile"), Action::requeue(RESYNC));
+        assert_eq!(
+            result.expect("reconcile"),
+            Action::requeue(COORDINATOR_RECHECK)
+        );
     }
 }
 
