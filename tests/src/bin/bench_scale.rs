@@ -35,8 +35,10 @@ use dhcpmanager_tests::bench::error::BenchError;
 use dhcpmanager_tests::bench::figures::{self, Latency};
 use dhcpmanager_tests::bench::proc::{cpu_seconds, own_status_field};
 use dhcpmanager_tests::bench::raw_dora;
+use dhcpmanager_tests::bootp::MessageType;
 use dhcpmanager_tests::lab::Lab;
 use dhcpmanager_tests::netns::in_netns;
+use dhcpmanager_tests::pcap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -230,6 +232,25 @@ struct Restart {
     /// Transmissions in the busiest second.
     max_sent_per_second: u64,
     events: EventCounts,
+    /// When the restart began (before the new manager) and ended (all started), ns since the
+    /// Unix epoch: the window of the capture that is the restart's.
+    window_ns: (u64, u64),
+    /// What a tcpdump on the parent saw in that window (filled in by the parent process).
+    #[serde(default)]
+    wire: Option<RestartOnTheWire>,
+}
+
+/// Client messages on the wire during a restart, from a capture on the parent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RestartOnTheWire {
+    discovers: usize,
+    requests: usize,
+    /// Distinct client MACs among the REQUESTs: every resumed address should be one.
+    requesting_macs: usize,
+    /// DISCOVER + REQUEST in the busiest whole second.
+    max_per_second: usize,
+    /// tcpdump's "packets dropped by kernel" for the whole level (0: the counts are complete).
+    dropped_by_kernel: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -457,6 +478,7 @@ async fn level(child: &ChildArgs, hold: Duration, rate: f64, burst: u32) -> Resu
     counter.abort();
     drop(manager);
     let held: HashMap<String, LeaseRecord> = records.lock().unwrap().clone();
+    let restart_began = unix_ns();
     let defaults = ManagerConfig::default();
     let restarted = LeaseManager::new(
         owner,
@@ -478,6 +500,7 @@ async fn level(child: &ChildArgs, hold: Duration, rate: f64, burst: u32) -> Resu
         .collect();
     let resumed = resume_specs.len();
     let (rebound, _, _, _, restart_wall) = start_all(&restarted, resume_specs).await;
+    let restart_ended = unix_ns();
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let max_sent = sampler.await.unwrap_or(0);
     let same_ip = records
@@ -529,6 +552,8 @@ async fn level(child: &ChildArgs, hold: Duration, rate: f64, burst: u32) -> Resu
             burst: defaults.burst,
             max_sent_per_second: max_sent,
             events: restart_events,
+            window_ns: (restart_began, restart_ended),
+            wire: None,
         }),
     })
 }
@@ -546,8 +571,65 @@ fn run_child(child: &ChildArgs, args: &Args) -> Result<Level> {
 
 // --- the parent: lab, Kea, raw floor, one child per level ---------------------------------------
 
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Counts the client messages of the restart window in a level's capture.
+fn restart_on_the_wire(
+    frames: &[pcap::DhcpFrame],
+    (from, to): (u64, u64),
+    dropped_by_kernel: Option<u64>,
+) -> RestartOnTheWire {
+    let in_window: Vec<_> = frames
+        .iter()
+        .filter(|f| (from..=to).contains(&f.time_ns))
+        .filter(|f| {
+            matches!(
+                f.message_type(),
+                Some(MessageType::Discover | MessageType::Request)
+            )
+        })
+        .collect();
+    let mut per_second: HashMap<u64, usize> = HashMap::new();
+    for f in &in_window {
+        *per_second.entry(f.time_ns / 1_000_000_000).or_default() += 1;
+    }
+    let requests: Vec<_> = in_window
+        .iter()
+        .filter(|f| f.message_type() == Some(MessageType::Request))
+        .collect();
+    RestartOnTheWire {
+        discovers: in_window.len() - requests.len(),
+        requests: requests.len(),
+        requesting_macs: requests
+            .iter()
+            .map(|f| f.dhcp.chaddr)
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        max_per_second: per_second.values().copied().max().unwrap_or(0),
+        dropped_by_kernel,
+    }
+}
+
+/// tcpdump's own count of what the kernel dropped before it could read it (in its log).
+fn dropped_by_kernel(lab: &Lab) -> Option<u64> {
+    let log = std::fs::read_to_string(lab.dir().join("capture.log")).ok()?;
+    log.lines()
+        .find(|l| l.contains("dropped by kernel"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn spawn_level(lab: &Lab, mode: Mode, n: usize, index: u8, args: &Args) -> Result<Level> {
     eprintln!("[scale] {mode:?} x{n}");
+    // The wire's own account of the restart (DISCOVERs, REQUESTs, the busiest second), beside
+    // the clients' events.
+    let capture = lab.capture(lab.parent())?;
     let out = Command::new(std::env::current_exe().map_err(io_error("current_exe"))?)
         .args(["--child-netns", &lab.agent_ns()])
         .args(["--child-parent", lab.parent()])
@@ -573,8 +655,22 @@ fn spawn_level(lab: &Lab, mode: Mode, n: usize, index: u8, args: &Args) -> Resul
             out.status
         )));
     }
-    serde_json::from_slice(&out.stdout)
-        .map_err(|e| BenchError::Protocol(format!("level {mode:?} x{n}: bad output: {e}")))
+    let frames = capture.stop()?;
+    let mut level: Level = serde_json::from_slice(&out.stdout)
+        .map_err(|e| BenchError::Protocol(format!("level {mode:?} x{n}: bad output: {e}")))?;
+    if let Some(restart) = level.restart.as_mut() {
+        let wire = restart_on_the_wire(&frames, restart.window_ns, dropped_by_kernel(lab));
+        eprintln!(
+            "  restart on the wire: {} DISCOVER, {} REQUEST from {} MACs, busiest second {}, dropped by kernel {:?}",
+            wire.discovers,
+            wire.requests,
+            wire.requesting_macs,
+            wire.max_per_second,
+            wire.dropped_by_kernel
+        );
+        restart.wire = Some(wire);
+    }
+    Ok(level)
 }
 
 fn run(args: &Args) -> Result<Report> {
@@ -727,6 +823,22 @@ fn table(report: &Report) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    for l in &report.levels {
+        if let Some(w) = l.restart.as_ref().and_then(|r| r.wire.as_ref()) {
+            let _ = writeln!(
+                s,
+                "restart on the wire, {:?} {}: {} DISCOVER, {} REQUEST from {} MACs, busiest second {} (tcpdump on the parent; dropped by kernel: {})",
+                l.mode,
+                l.addresses,
+                w.discovers,
+                w.requests,
+                w.requesting_macs,
+                w.max_per_second,
+                w.dropped_by_kernel
+                    .map_or("unknown".into(), |d| d.to_string())
+            );
+        }
+    }
     for p in &report.peers {
         if let Some(error) = &p.first_error {
             let _ = writeln!(s, "cni-dhcp {}: first ADD failure: {error}", p.addresses);
