@@ -265,6 +265,18 @@ impl Lab {
         Ok(Capture::new(self, file))
     }
 
+    /// tcpdump's own count of frames the kernel dropped before it read them, for the last
+    /// capture (from its log, written when it stops); `None` when it said nothing.
+    pub fn capture_dropped_by_kernel(&self) -> Option<u64> {
+        let log = std::fs::read_to_string(self.dir.join("capture.log")).ok()?;
+        log.lines()
+            .find(|l| l.contains("dropped by kernel"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
     pub(crate) fn stop_capture(&self) -> Result<(), LabError> {
         self.script("capture-stop", &[] as &[&str]).map(drop)
     }

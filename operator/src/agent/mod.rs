@@ -169,9 +169,11 @@ pub async fn run(args: AgentArgs, config: dhcpmanager_engine::config::Config) ->
         let ownership = ownership.clone();
         async move { ownership.run_peer_watch().await }
     });
-    let (reconcile_all, reconcile_all_rx) = tokio::sync::mpsc::channel::<()>(4);
-    let (services_all, services_all_rx) = tokio::sync::mpsc::channel::<()>(1);
     let (holding_tx, mut holding) = watch::channel(false);
+    // Both controllers look at everything again whenever the Lease is held again: what they
+    // saw before (an address or a Service nobody could write for) may be ours to act on now.
+    let addresses_held_again = lease_held_again(holding_tx.subscribe());
+    let services_held_again = lease_held_again(holding_tx.subscribe());
     tokio::spawn({
         let ownership = ownership.clone();
         async move { ownership.run_renewals(holding_tx).await }
@@ -184,12 +186,7 @@ pub async fn run(args: AgentArgs, config: dhcpmanager_engine::config::Config) ->
                 metrics
                     .ready
                     .store(held, std::sync::atomic::Ordering::Relaxed);
-                if held {
-                    // A Service seen before the Lease was held waits for nobody: look again.
-                    // Full means a look is already due; closed means no Service controller.
-                    let _ = services_all.try_send(());
-                    let _ = reconcile_all.send(()).await;
-                } else if let Err(error) = manager.stop_all().await {
+                if !held && let Err(error) = manager.stop_all().await {
                     warn!(%error, "fencing: removing links failed");
                 }
             }
@@ -221,13 +218,13 @@ pub async fn run(args: AgentArgs, config: dhcpmanager_engine::config::Config) ->
                 default_load_balancer: args.default_load_balancer,
                 resync: args.resync,
             },
-            receiver_stream(services_all_rx),
+            services_held_again,
         ));
     } else if args.default_load_balancer {
         warn!("--default-load-balancer has no effect without --service-controller");
     }
     Controller::new(Api::<DhcpAddress>::all(client), watcher::Config::default())
-        .reconcile_all_on(receiver_stream(reconcile_all_rx))
+        .reconcile_all_on(addresses_held_again)
         .shutdown_on_signal()
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
@@ -238,12 +235,16 @@ pub async fn run(args: AgentArgs, config: dhcpmanager_engine::config::Config) ->
     Ok(manager.stop_all().await?)
 }
 
-/// The messages of `rx` as a stream (a controller's `reconcile_all_on` trigger).
-fn receiver_stream(
-    rx: tokio::sync::mpsc::Receiver<()>,
+/// One item each time `holding` turns true (a controller's `reconcile_all_on` trigger).
+fn lease_held_again(
+    holding: watch::Receiver<bool>,
 ) -> impl futures::Stream<Item = ()> + Send + 'static {
-    futures::stream::unfold(
-        rx,
-        |mut rx| async move { rx.recv().await.map(|()| ((), rx)) },
-    )
+    futures::stream::unfold(holding, |mut holding| async move {
+        while holding.changed().await.is_ok() {
+            if *holding.borrow_and_update() {
+                return Some(((), holding));
+            }
+        }
+        None
+    })
 }

@@ -183,8 +183,7 @@ fn address_owner(address: Option<&DhcpAddress>) -> Option<&str> {
 }
 
 fn owns(address: &DhcpAddress, ctx: &ServiceContext) -> bool {
-    let owner = address.status.as_ref().and_then(|s| s.node.as_deref());
-    owner == Some(ctx.ownership.node()) && ctx.ownership.may_transmit()
+    address_owner(Some(address)) == Some(ctx.ownership.node()) && ctx.ownership.may_transmit()
 }
 
 /// A create, never an apply: an object of that name made by someone else must not be taken.

@@ -614,17 +614,6 @@ fn restart_on_the_wire(
     }
 }
 
-/// tcpdump's own count of what the kernel dropped before it could read it (in its log).
-fn dropped_by_kernel(lab: &Lab) -> Option<u64> {
-    let log = std::fs::read_to_string(lab.dir().join("capture.log")).ok()?;
-    log.lines()
-        .find(|l| l.contains("dropped by kernel"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 fn spawn_level(lab: &Lab, mode: Mode, n: usize, index: u8, args: &Args) -> Result<Level> {
     eprintln!("[scale] {mode:?} x{n}");
     // The wire's own account of the restart (DISCOVERs, REQUESTs, the busiest second), beside
@@ -659,7 +648,7 @@ fn spawn_level(lab: &Lab, mode: Mode, n: usize, index: u8, args: &Args) -> Resul
     let mut level: Level = serde_json::from_slice(&out.stdout)
         .map_err(|e| BenchError::Protocol(format!("level {mode:?} x{n}: bad output: {e}")))?;
     if let Some(restart) = level.restart.as_mut() {
-        let wire = restart_on_the_wire(&frames, restart.window_ns, dropped_by_kernel(lab));
+        let wire = restart_on_the_wire(&frames, restart.window_ns, lab.capture_dropped_by_kernel());
         eprintln!(
             "  restart on the wire: {} DISCOVER, {} REQUEST from {} MACs, busiest second {}, dropped by kernel {:?}",
             wire.discovers,
